@@ -1,0 +1,140 @@
+"""Registry of named worlds: ``make(name, **options)`` with strict, helpful option checking.
+
+Every world declares all of its keyword options with defaults; the default's type is the option's
+type (an ``int`` is also accepted for a ``float`` option; ``bool`` and ``int`` never stand in for each
+other). The registry adds one option to every world: ``mask_tokens: bool = False``, which wraps the
+environment in :class:`envs.wrappers.MaskTokens` (the no-language ablation).
+"""
+
+from __future__ import annotations
+
+import difflib
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import dm_env
+import numpy as np
+
+from envs.wrappers import MaskTokens
+
+REGISTRY_DEFAULTS: dict[str, Any] = {"mask_tokens": False}
+
+
+@dataclass(frozen=True)
+class _Entry:
+    factory: Callable[..., dm_env.Environment]
+    defaults: Mapping[str, Any]
+    description: str
+
+
+_WORLDS: dict[str, _Entry] = {}
+
+
+def _closest(word: str, options: list[str]) -> str:
+    match = difflib.get_close_matches(word, options, n=1, cutoff=0.5)
+    return f" (did you mean {match[0]!r}?)" if match else ""
+
+
+def _type_name(default: Any) -> str:
+    if isinstance(default, bool):
+        return "bool"
+    if isinstance(default, float):
+        return "float (or int)"
+    return type(default).__name__
+
+
+def _coerce(world: str, option: str, value: Any, default: Any) -> Any:
+    """Checks ``value`` against the type of ``default``; returns it as a plain Python value."""
+    bad = TypeError(
+        f"option {option!r} of world {world!r} must be {_type_name(default)}, "
+        f"got {value!r} ({type(value).__name__})"
+    )
+    is_bool = isinstance(value, bool | np.bool_)
+    if default is None:
+        return value
+    if isinstance(default, bool):
+        if not is_bool:
+            raise bad
+        return bool(value)
+    if isinstance(default, int):
+        if is_bool or not isinstance(value, int | np.integer):
+            raise bad
+        return int(value)
+    if isinstance(default, float):
+        if is_bool or not isinstance(value, int | float | np.integer | np.floating):
+            raise bad
+        return float(value)
+    if not isinstance(value, type(default)):
+        raise bad
+    return value
+
+
+def register(
+    name: str,
+    factory: Callable[..., dm_env.Environment],
+    *,
+    defaults: Mapping[str, Any],
+    description: str = "",
+    overwrite: bool = False,
+) -> None:
+    """Registers world ``name``; ``defaults`` must list every keyword option ``factory`` accepts."""
+    if not isinstance(name, str) or not name or any(c.isspace() for c in name):
+        raise ValueError(f"world name must be a non-empty string without whitespace, got {name!r}")
+    if not callable(factory):
+        raise TypeError(f"factory for world {name!r} is not callable: {factory!r}")
+    if name in _WORLDS and not overwrite:
+        raise ValueError(f"world {name!r} is already registered; pass overwrite=True to replace it")
+    reserved = sorted(set(defaults) & set(REGISTRY_DEFAULTS))
+    if reserved:
+        raise ValueError(f"world {name!r} declares registry-level option(s) {reserved}; these are reserved")
+    for key in defaults:
+        if not isinstance(key, str) or not key.isidentifier():
+            raise ValueError(f"option name {key!r} of world {name!r} is not a valid identifier")
+    _WORLDS[name] = _Entry(factory=factory, defaults=dict(defaults), description=description)
+
+
+def names() -> list[str]:
+    """Sorted names of every registered world."""
+    return sorted(_WORLDS)
+
+
+def _entry(name: str) -> _Entry:
+    if name not in _WORLDS:
+        valid = names()
+        hint = _closest(name, valid) if isinstance(name, str) else ""
+        raise ValueError(f"unknown world {name!r}{hint}; valid worlds: {', '.join(valid) or '(none)'}")
+    return _WORLDS[name]
+
+
+def describe(name: str) -> dict[str, Any]:
+    """Returns ``{"name", "description", "defaults"}`` for ``name``; defaults include registry options."""
+    entry = _entry(name)
+    return {
+        "name": name,
+        "description": entry.description,
+        "defaults": {**entry.defaults, **REGISTRY_DEFAULTS},
+    }
+
+
+def make(name: str, **overrides: Any) -> dm_env.Environment:
+    """Builds world ``name`` with its defaults updated by ``overrides`` (all checked by name and type)."""
+    entry = _entry(name)
+    allowed = {**entry.defaults, **REGISTRY_DEFAULTS}
+    options: dict[str, Any] = {}
+    for key, value in overrides.items():
+        if key not in allowed:
+            valid = sorted(allowed)
+            raise ValueError(
+                f"unknown option {key!r} for world {name!r}{_closest(key, valid)}; "
+                f"valid options: {', '.join(valid)}"
+            )
+        options[key] = _coerce(name, key, value, allowed[key])
+    mask_tokens = options.pop("mask_tokens", REGISTRY_DEFAULTS["mask_tokens"])
+    kwargs = {**entry.defaults, **options}
+    env = entry.factory(**kwargs)
+    if not isinstance(env, dm_env.Environment):
+        raise TypeError(f"factory for world {name!r} returned {type(env).__name__}, not a dm_env.Environment")
+    if mask_tokens:
+        env = MaskTokens(env)
+    return env
