@@ -1,0 +1,61 @@
+"""Train an agent: `python -m launch.train --configs debug tokenchoice --logdir runs/demo [--key.sub value ...]`.
+
+Writes config.yaml, metrics.jsonl and summary.json to the logdir and prints where they are.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+from lwm import config as lwm_config
+from lwm.runtime import default_cache_dir, setup_jax
+
+
+def env_factory(config):
+    """`make_env(index)` for the configured world; each environment gets its own seed where it takes one."""
+    import envs
+
+    name = config.env.name
+    if name not in envs.names():
+        envs.make(name)  # raises a ValueError that lists the valid names
+    options = dict(config.env.options)
+    takes_seed = "seed" in envs.describe(name)["defaults"]
+    base_seed = int(options.pop("seed", config.seed))
+
+    def make_env(index: int):
+        extra = {"seed": base_seed * 100_003 + index} if takes_seed else {}
+        return envs.make(name, mask_tokens=config.env.mask_tokens, **options, **extra)
+
+    make_env(0).close()  # fail fast on bad options, before any compilation
+    return make_env
+
+
+def main(argv: Sequence[str] | None = None) -> dict:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if not argv or argv[0] in ("-h", "--help"):
+        print(__doc__)
+        print("Presets:", ", ".join(lwm_config.preset_names()))
+        raise SystemExit(0)
+    try:
+        config, extras = lwm_config.parse_args(argv, known=("logdir",))
+    except lwm_config.ConfigError as e:
+        raise SystemExit(f"error: {e}") from None
+    if "logdir" not in extras:
+        raise SystemExit("error: --logdir DIR is required (where config.yaml, metrics.jsonl and summary.json go).")
+    logdir = Path(extras["logdir"]).expanduser()
+    cache = config.jax.cache_dir
+    setup_jax(config.jax.platform, default_cache_dir(str(logdir)) if cache == "auto" else cache)
+    from lwm.loop import train_loop
+
+    summary = train_loop(config, logdir, env_factory(config))
+    print(json.dumps(summary, indent=2))
+    print(f"Results: {logdir / 'summary.json'} | metrics: {logdir / 'metrics.jsonl'} | "
+          f"config: {logdir / 'config.yaml'}")
+    return summary
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,269 @@
+"""The agent: init / policy / train / report as pure, jitted functions over explicit pytrees.
+
+Train state (a dict pytree):
+  params   nnx.State of {wm, actor, critic}
+  opt      optax state
+  slow     nnx.State of the slow (EMA) critic
+  retnorm  float32 [2]: EMA of the 5th and 95th percentile of imagined returns
+  step     int32 update counter
+  key      PRNG key
+Policy carry: {'state': latent {deter, stoch}, 'action': one-hot [N, A]} per environment.
+
+A training batch (from `lwm.replay`): obs dict [B, T, ...], action dict [B, T] (taken after obs t),
+reward/is_first/is_terminal [B, T], and the context before step 0: `start` latent and `start_action` ids [B].
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import optax
+from flax import nnx
+
+from lwm import actor_critic as ac
+from lwm import dists
+from lwm.world_model import WorldModel, obs_keys
+
+sg = jax.lax.stop_gradient
+
+DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16, "float16": jnp.float16}
+
+
+class Nets(nnx.Module):
+    def __init__(self, keys, heads, cfg, *, rngs: nnx.Rngs, dtype):
+        action_dim = sum(h.num for h in heads)
+        self.wm = WorldModel(keys, action_dim, cfg, rngs=rngs, dtype=dtype)
+        feat = self.wm.rssm.feat_dim
+        self.actor = ac.Actor(feat, heads, units=cfg.units, layers=cfg.actor.layers, unimix=cfg.actor.unimix,
+                              rngs=rngs, dtype=dtype)
+        self.critic = ac.Critic(feat, units=cfg.units, layers=cfg.critic.layers, bins=cfg.critic.bins, rngs=rngs,
+                                dtype=dtype)
+
+
+def make_optimizer(opt) -> optax.GradientTransformation:
+    if opt.kind not in ("laprop", "adam"):
+        raise ValueError(f"agent.opt.kind={opt.kind!r} is not known; use 'laprop' or 'adam'.")
+    schedule = optax.linear_schedule(0.0, opt.lr, max(1, opt.warmup)) if opt.warmup > 0 else opt.lr
+    if opt.kind == "adam":
+        return optax.chain(optax.clip_by_global_norm(opt.clip),
+                           optax.adam(schedule, b1=opt.beta1, b2=opt.beta2, eps=max(opt.eps, 1e-8)))
+    return optax.chain(
+        optax.adaptive_grad_clip(opt.agc, eps=1e-3),
+        optax.scale_by_rms(decay=opt.beta2, eps=opt.eps, eps_in_sqrt=True, bias_correction=True),
+        optax.ema(opt.beta1, debias=True),
+        optax.scale_by_learning_rate(schedule),
+    )
+
+
+class Agent:
+    """Builds the networks for the given specs and config; exposes jitted pure functions."""
+
+    def __init__(self, obs_spec: Mapping[str, Any], act_spec: Any, config):
+        self.config = config
+        cfg = config.agent
+        if config.jax.compute_dtype not in DTYPES:
+            raise ValueError(f"jax.compute_dtype={config.jax.compute_dtype!r} is not known; use one of {list(DTYPES)}.")
+        self.dtype = DTYPES[config.jax.compute_dtype]
+        self.obs_spec = dict(obs_spec)
+        self.keys = obs_keys(obs_spec, cfg.obs_keys)
+        self.heads = ac.action_heads(act_spec)
+        self.act_spec = act_spec
+        self.tx = make_optimizer(cfg.opt)
+        nets = Nets(self.keys, self.heads, cfg, rngs=nnx.Rngs(0), dtype=self.dtype)
+        self.graph, params = nnx.split(nets, nnx.Param)
+        self.critic_graph, _ = nnx.split(nets.critic, nnx.Param)
+        self.num_params = sum(x.size for x in jax.tree.leaves(params))
+        self.gamma = 1.0 - 1.0 / cfg.imag.gamma_horizon
+        self.policy = jax.jit(self._policy, static_argnames=("greedy",))
+        self.train = jax.jit(self._train, donate_argnums=(0,))
+        self.report = jax.jit(self._report)
+
+    # ----------------------------------------------------------------------------------------------- init
+    def init(self, seed: int) -> dict:
+        """A fresh train state: parameters from `seed`, zero optimizer state, slow critic = critic."""
+        nets = Nets(self.keys, self.heads, self.config.agent, rngs=nnx.Rngs(seed), dtype=self.dtype)
+        _, params = nnx.split(nets, nnx.Param)
+        return {
+            "params": params,
+            "opt": self.tx.init(params),
+            "slow": jax.tree.map(jnp.copy, params["critic"]),
+            "retnorm": jnp.zeros((2,), jnp.float32),
+            "step": jnp.zeros((), jnp.int32),
+            "key": jax.random.key(seed + 1),
+        }
+
+    def init_policy(self, num: int) -> dict:
+        r = self.config.agent.rssm
+        return {
+            "state": {"deter": jnp.zeros((num, r.deter), jnp.float32),
+                      "stoch": jnp.zeros((num, r.stoch, r.classes), jnp.float32)},
+            "action": jnp.zeros((num, sum(h.num for h in self.heads)), jnp.float32),
+        }
+
+    # --------------------------------------------------------------------------------------------- policy
+    def _policy(self, params, carry, obs, is_first, key, greedy: bool = False):
+        """One environment step for N worlds: observe, then act. Returns (carry, actions, latent to store)."""
+        nets = nnx.merge(self.graph, params)
+        k1, k2 = jax.random.split(key)
+        embed = nets.wm.encoder({k.name: obs[k.name] for k in self.keys})
+        state, _ = nets.wm.rssm.obs_step(carry["state"], carry["action"], embed, is_first, k1)
+        logits = nets.actor(nets.wm.rssm.feat(state))
+        idx = ac.sample_actions(self.heads, logits, k2, greedy)
+        carry = {"state": state, "action": ac.onehot_actions(self.heads, idx)}
+        actions = {h.name: idx[h.name] + h.low for h in self.heads}
+        return carry, actions, state
+
+    # ---------------------------------------------------------------------------------------------- train
+    def _losses(self, params, slow, retnorm, batch, key):
+        cfg = self.config.agent
+        nets = nnx.merge(self.graph, params)
+        wm = nets.wm
+        k_obs, k_img = jax.random.split(key)
+        obs = {k.name: batch["obs"][k.name] for k in self.keys}
+        actions = {h.name: batch["action"][h.name] - h.low for h in self.heads}
+        onehot = ac.onehot_actions(self.heads, actions)  # [B, T, A]
+        start_onehot = ac.onehot_actions(self.heads, {h.name: batch["start_action"][h.name] - h.low
+                                                      for h in self.heads})
+        prev = jnp.concatenate([start_onehot[:, None], onehot[:, :-1]], 1)
+        wm_losses, post, feat, _ = wm.loss(obs, prev, batch["reward"], batch["is_first"], batch["is_terminal"],
+                                           batch["start"], k_obs, cfg.free_nats)
+        s = cfg.loss_scales
+        scale = {"reward": s.reward, "cont": s.cont, "dyn": s.dyn, "rep": s.rep}
+        wm_total = sum(v * scale.get(k, s.rec) for k, v in wm_losses.items())  # [B, T]
+
+        # Imagination from every posterior state; the world model is frozen here (stop-gradient parameters).
+        wm_sg = nnx.merge(self.graph, sg(params)).wm
+        B, T = batch["reward"].shape
+        start = jax.tree.map(lambda x: sg(x).reshape((B * T,) + x.shape[2:]), post)
+
+        def policy(state, k):
+            logits = nets.actor(sg(wm_sg.rssm.feat(state)))
+            return ac.onehot_actions(self.heads, ac.sample_actions(self.heads, logits, k))
+
+        states, img_actions = wm_sg.rssm.imagine(start, policy, cfg.imag.horizon, k_img)  # [N, H+1]
+        ifeat = sg(wm_sg.rssm.feat(states))
+        reward = wm_sg.reward_mean(ifeat[:, 1:])
+        cont = wm_sg.cont_prob(ifeat[:, 1:])
+        start_cont = 1.0 - batch["is_terminal"].reshape(-1).astype(jnp.float32)
+        value = nets.critic.mean(ifeat)  # [N, H+1]
+        ret = ac.lambda_return(reward, cont, sg(value[:, 1:]), sg(value[:, -1]), self.gamma, cfg.imag.lam)
+        weight = sg(jnp.cumprod(jnp.concatenate([start_cont[:, None], cont[:, :-1]], 1), 1))  # [N, H]
+        rn = cfg.retnorm
+        new_retnorm = ac.retnorm_update(retnorm, ret, rn.decay, rn.low, rn.high)
+        norm = ac.retnorm_scale(new_retnorm, rn.limit)
+        adv = sg((ret - value[:, :-1]) / norm)
+        logits = nets.actor(ifeat[:, :-1])
+        idx = ac.split_onehot(self.heads, img_actions[:, :-1])
+        logp = ac.log_prob(self.heads, logits, idx)
+        ent = ac.entropy(self.heads, logits)
+        policy_loss = -(adv * logp + cfg.actor.entropy * ent)
+        bins = dists.twohot_bins(cfg.critic.bins)
+        vlogits = nets.critic(ifeat[:, :-1])
+        slow_critic = nnx.merge(self.critic_graph, slow)
+        slow_mean = sg(slow_critic.mean(ifeat[:, :-1]))
+        value_loss = dists.twohot_loss(vlogits, sg(ret), bins)
+        slowreg_loss = dists.twohot_loss(vlogits, slow_mean, bins)
+        img_total = (weight * (s.policy * policy_loss + s.value * value_loss + s.slowreg * slowreg_loss)).mean()
+
+        # Replay value loss: the critic on real sequences, λ-returns from real rewards, bootstrapped at the end
+        # with the imagined return of the last posterior state.
+        rfeat = sg(feat)
+        rvalue_logits = nets.critic(rfeat)
+        rvalue = sg(dists.twohot_mean(rvalue_logits, bins))
+        first = batch["is_first"].astype(jnp.float32)
+        rcont = (1.0 - batch["is_terminal"].astype(jnp.float32)) * (1.0 - first)
+        boot = ret[:, 0].reshape(B, T)[:, -1]
+        rret = ac.lambda_return(batch["reward"][:, 1:].astype(jnp.float32), rcont[:, 1:], rvalue[:, 1:], boot,
+                                self.gamma, cfg.imag.lam)
+        rweight = 1.0 - first[:, 1:]
+        repval = (rweight * dists.twohot_loss(rvalue_logits[:, :-1], sg(rret), bins)).mean()
+        total = wm_total.mean() + img_total + s.repval * repval
+
+        metrics = {f"loss/{k}": v.mean() for k, v in wm_losses.items()}
+        metrics.update({
+            "loss/policy": (weight * policy_loss).mean(), "loss/value": (weight * value_loss).mean(),
+            "loss/slowreg": (weight * slowreg_loss).mean(), "loss/repval": repval, "loss/total": total,
+            "imag/return": ret.mean(), "imag/reward": reward.mean(), "imag/value": value.mean(),
+            "imag/entropy": ent.mean(), "imag/retnorm_scale": norm, "imag/adv_std": adv.std(),
+            "wm/kl": jnp.maximum(wm_losses["dyn"], 0).mean(),
+        })
+        return total, (metrics, new_retnorm, post)
+
+    def _train(self, ts, batch):
+        """One update of world model, actor and critic on one batch. Returns (state, metrics, posteriors)."""
+        key, sub = jax.random.split(ts["key"])
+        grads, (metrics, retnorm, post) = jax.grad(self._losses, has_aux=True)(
+            ts["params"], ts["slow"], ts["retnorm"], batch, sub)
+        updates, opt = self.tx.update(grads, ts["opt"], ts["params"])
+        params = optax.apply_updates(ts["params"], updates)
+        rate = self.config.agent.critic.slow_rate
+        slow = jax.tree.map(lambda s, p: (1 - rate) * s + rate * p, ts["slow"], params["critic"])
+        metrics["opt/grad_norm"] = optax.global_norm(grads)
+        metrics["opt/update_norm"] = optax.global_norm(updates)
+        new = {"params": params, "opt": opt, "slow": slow, "retnorm": retnorm, "step": ts["step"] + 1, "key": key}
+        return new, metrics, post
+
+    # --------------------------------------------------------------------------------------------- report
+    def _report(self, params, batch, key, context: int | None = None):
+        """Open-loop prediction: observe `context` steps, then imagine the rest from the real actions.
+
+        Returns per-horizon errors (image MSE per pixel, vector MSE, token accuracy) and the predictions.
+        """
+        nets = nnx.merge(self.graph, params)
+        wm = nets.wm
+        T = batch["reward"].shape[1]
+        context = context if context is not None else T // 2
+        obs = {k.name: batch["obs"][k.name] for k in self.keys}
+        onehot = ac.onehot_actions(self.heads, {h.name: batch["action"][h.name] - h.low for h in self.heads})
+        start_onehot = ac.onehot_actions(self.heads, {h.name: batch["start_action"][h.name] - h.low
+                                                      for h in self.heads})
+        prev = jnp.concatenate([start_onehot[:, None], onehot[:, :-1]], 1)
+        k1, k2 = jax.random.split(key)
+        embed = wm.encoder(jax.tree.map(lambda x: x[:, :context], obs))
+        post, _, _ = wm.rssm.observe(batch["start"], prev[:, :context], embed, batch["is_first"][:, :context], k1)
+        last = jax.tree.map(lambda x: x[:, -1], post)
+
+        def step(state, inputs):
+            act, k = inputs
+            new = wm.rssm.img_step(state, act, k)
+            return new, new
+
+        keys = jax.random.split(k2, T - context)
+        _, imagined = jax.lax.scan(step, last, (jnp.swapaxes(prev[:, context:], 0, 1), keys))
+        imagined = jax.tree.map(lambda x: jnp.swapaxes(x, 0, 1), imagined)
+        states = jax.tree.map(lambda a, b: jnp.concatenate([a, b], 1), post, imagined)
+        pred = wm.decoder.predict(wm.rssm.feat(states))
+        out = {"pred": pred, "reward": wm.reward_mean(wm.rssm.feat(states))}
+        for k in self.keys:
+            p, x = pred[k.name], obs[k.name]
+            axes = tuple(range(2, x.ndim))
+            if k.kind == "image":
+                err = jnp.square(p - x.astype(jnp.float32) / 255.0).mean(axes)
+            elif k.kind in ("tokens", "onehot"):
+                hit = (jnp.argmax(p, -1) == (x.astype(jnp.int32) - k.low)).astype(jnp.float32)
+                err = hit.mean(axes) if axes else hit
+            else:
+                err = jnp.square(p - dists.symlog(x.astype(jnp.float32))).mean(axes) if axes else jnp.square(
+                    p - dists.symlog(x.astype(jnp.float32)))
+            name = "acc" if k.kind in ("tokens", "onehot") else "mse"
+            out[f"openloop/{k.name}_{name}"] = err.mean(0)  # [T]: per step, observed then imagined
+        return out
+
+    # ------------------------------------------------------------------------------------------ utilities
+    def flops_per_update(self, ts, batch) -> float:
+        """XLA's FLOP count for one compiled train step (0 where the backend does not report it)."""
+        compiled = self.train.lower(ts, batch).compile()
+        cost = compiled.cost_analysis()
+        if isinstance(cost, list | tuple):
+            cost = cost[0] if cost else {}
+        return float((cost or {}).get("flops", 0.0))
+
+    def param_count(self) -> int:
+        return int(self.num_params)
+
+
+def describe_size(num: int) -> str:
+    return f"{num / 1e6:.2f}M" if num >= 1e5 else f"{num / 1e3:.1f}k"

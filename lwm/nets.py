@@ -1,0 +1,195 @@
+"""Network building blocks (flax NNX): Linear, BlockLinear, RMSNorm, MLP, CNN encoder and decoder.
+
+Parameters are float32; every layer computes in `dtype` (float32 on CPU, bfloat16 on accelerators).
+Normalisation statistics are always taken in float32.
+"""
+
+from __future__ import annotations
+
+import math
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+
+def _trunc_normal(key: jax.Array, shape: tuple[int, ...], fan_in: int, fan_out: int, scale: float = 1.0):
+    """Variance-scaling init (fan_avg, truncated normal), as DreamerV3 uses."""
+    std = math.sqrt(scale / ((fan_in + fan_out) / 2)) / 0.87962566103423978
+    return std * jax.random.truncated_normal(key, -2.0, 2.0, shape, jnp.float32)
+
+
+class Linear(nnx.Module):
+    """y = x @ W (+ b). `init='zeros'` zero-initialises the kernel (reward and critic outputs)."""
+
+    def __init__(self, din: int, dout: int, *, rngs: nnx.Rngs, bias: bool = True, init: str = "normal",
+                 scale: float = 1.0, dtype=jnp.float32):
+        if init == "zeros":
+            kernel = jnp.zeros((din, dout), jnp.float32)
+        else:
+            kernel = _trunc_normal(rngs.params(), (din, dout), din, dout, scale)
+        self.kernel = nnx.Param(kernel)
+        self.bias = nnx.data(nnx.Param(jnp.zeros((dout,), jnp.float32)) if bias else None)
+        self.dtype = dtype
+
+    def __call__(self, x: jax.Array) -> jax.Array:
+        y = x.astype(self.dtype) @ self.kernel[...].astype(self.dtype)
+        if self.bias is not None:
+            y = y + self.bias[...].astype(self.dtype)
+        return y
+
+
+class BlockLinear(nnx.Module):
+    """Block-diagonal linear layer: [..., G, din/G] -> [..., G, dout/G] with one kernel per block."""
+
+    def __init__(self, din: int, dout: int, blocks: int, *, rngs: nnx.Rngs, dtype=jnp.float32):
+        if din % blocks or dout % blocks:
+            raise ValueError(f"BlockLinear sizes {din}->{dout} must be divisible by blocks={blocks}.")
+        gi, go = din // blocks, dout // blocks
+        self.kernel = nnx.Param(_trunc_normal(rngs.params(), (blocks, gi, go), gi, go))
+        self.bias = nnx.Param(jnp.zeros((blocks, go), jnp.float32))
+        self.dtype = dtype
+
+    def __call__(self, x: jax.Array) -> jax.Array:
+        y = jnp.einsum("...gi,gio->...go", x.astype(self.dtype), self.kernel[...].astype(self.dtype))
+        return y + self.bias[...].astype(self.dtype)
+
+
+class RMSNorm(nnx.Module):
+    """RMS normalisation over the last axis with a learned scale and offset, computed in float32."""
+
+    def __init__(self, dim: int, eps: float = 1e-4, dtype=jnp.float32):
+        self.scale = nnx.Param(jnp.ones((dim,), jnp.float32))
+        self.offset = nnx.Param(jnp.zeros((dim,), jnp.float32))
+        self.eps = eps
+        self.dtype = dtype
+
+    def __call__(self, x: jax.Array) -> jax.Array:
+        x32 = x.astype(jnp.float32)
+        y = x32 * jax.lax.rsqrt(jnp.mean(jnp.square(x32), -1, keepdims=True) + self.eps)
+        return (y * self.scale[...] + self.offset[...]).astype(self.dtype)
+
+
+class Dense(nnx.Module):
+    """Linear (no bias) -> RMSNorm -> SiLU."""
+
+    def __init__(self, din: int, dout: int, *, rngs: nnx.Rngs, dtype=jnp.float32):
+        self.linear = Linear(din, dout, bias=False, rngs=rngs, dtype=dtype)
+        self.norm = RMSNorm(dout, dtype=dtype)
+
+    def __call__(self, x: jax.Array) -> jax.Array:
+        return jax.nn.silu(self.norm(self.linear(x)))
+
+
+class MLP(nnx.Module):
+    """`layers` Dense blocks of `units`; optional output Linear (`out`), zero-initialised if `zero_out`."""
+
+    def __init__(self, din: int, units: int, layers: int, *, rngs: nnx.Rngs, out: int | None = None,
+                 zero_out: bool = False, out_scale: float = 1.0, dtype=jnp.float32):
+        dims = [din] + [units] * layers
+        self.layers = nnx.List([Dense(a, b, rngs=rngs, dtype=dtype) for a, b in zip(dims[:-1], dims[1:])])
+        init = "zeros" if zero_out else "normal"
+        self.out = nnx.data(None if out is None else
+                            Linear(dims[-1], out, rngs=rngs, init=init, scale=out_scale, dtype=dtype))
+
+    def __call__(self, x: jax.Array) -> jax.Array:
+        for layer in self.layers:
+            x = layer(x)
+        if self.out is not None:
+            x = self.out(x).astype(jnp.float32)
+        return x
+
+
+class Conv(nnx.Module):
+    """2-D convolution, NHWC, 'SAME' padding, stride 1."""
+
+    def __init__(self, cin: int, cout: int, kernel: int, *, rngs: nnx.Rngs, bias: bool = True,
+                 dtype=jnp.float32):
+        fan_in, fan_out = cin * kernel * kernel, cout * kernel * kernel
+        self.kernel = nnx.Param(_trunc_normal(rngs.params(), (kernel, kernel, cin, cout), fan_in, fan_out))
+        self.bias = nnx.data(nnx.Param(jnp.zeros((cout,), jnp.float32)) if bias else None)
+        self.dtype = dtype
+
+    def __call__(self, x: jax.Array) -> jax.Array:
+        y = jax.lax.conv_general_dilated(
+            x.astype(self.dtype), self.kernel[...].astype(self.dtype), (1, 1), "SAME",
+            dimension_numbers=("NHWC", "HWIO", "NHWC"))
+        if self.bias is not None:
+            y = y + self.bias[...].astype(self.dtype)
+        return y
+
+
+def _flat_batch(x: jax.Array, event_dims: int) -> tuple[jax.Array, tuple[int, ...]]:
+    lead = x.shape[: x.ndim - event_dims]
+    return x.reshape((-1,) + x.shape[x.ndim - event_dims:]), lead
+
+
+def cnn_stages(height: int, width: int, minres: int = 4) -> int:
+    """Number of halvings that bring the image down to `minres`."""
+    stages = int(round(math.log2(min(height, width) / minres)))
+    if stages < 1 or height % (2**stages) or width % (2**stages):
+        raise ValueError(
+            f"Image size {height}x{width} is not supported: it must halve down to {minres}x{minres} "
+            "(e.g. 16x16, 32x32, 64x64, 96x96).")
+    return stages
+
+
+class ConvEncoder(nnx.Module):
+    """uint8 [..., H, W, C] -> x/255 - 0.5 -> per stage: conv k5 -> 2x2 max-pool -> RMSNorm -> SiLU -> flat."""
+
+    def __init__(self, shape: tuple[int, int, int], depth: int, *, rngs: nnx.Rngs, mults=(2, 3, 4, 4),
+                 kernel: int = 5, dtype=jnp.float32):
+        h, w, c = shape
+        stages = cnn_stages(h, w)
+        chans = [depth * mults[min(i, len(mults) - 1)] for i in range(stages)]
+        self.convs = nnx.List([])
+        self.norms = nnx.List([])
+        cin = c
+        for cout in chans:
+            self.convs.append(Conv(cin, cout, kernel, rngs=rngs, bias=False, dtype=dtype))
+            self.norms.append(RMSNorm(cout, dtype=dtype))
+            cin = cout
+        self.out_dim = (h >> stages) * (w >> stages) * cin
+        self.dtype = dtype
+
+    def __call__(self, image: jax.Array) -> jax.Array:
+        x, lead = _flat_batch(image, 3)
+        x = x.astype(self.dtype) / 255.0 - 0.5
+        for conv, norm in zip(self.convs, self.norms):
+            x = conv(x)
+            n, h, w, c = x.shape
+            x = x.reshape(n, h // 2, 2, w // 2, 2, c).max(axis=(2, 4))
+            x = jax.nn.silu(norm(x))
+        return x.reshape(lead + (-1,))
+
+
+class ConvDecoder(nnx.Module):
+    """features -> Linear -> [4, 4, C] -> per stage: 2x nearest upsample -> conv k5 (-> norm -> SiLU) -> sigmoid."""
+
+    def __init__(self, din: int, shape: tuple[int, int, int], depth: int, *, rngs: nnx.Rngs,
+                 mults=(2, 3, 4, 4), kernel: int = 5, dtype=jnp.float32):
+        h, w, c = shape
+        stages = cnn_stages(h, w)
+        chans = [depth * mults[min(i, len(mults) - 1)] for i in range(stages)]
+        self.start = (h >> stages, w >> stages, chans[-1])
+        self.linear = Linear(din, math.prod(self.start), rngs=rngs, dtype=dtype)
+        outs = list(reversed(chans[:-1])) + [c]
+        self.convs = nnx.List([])
+        self.norms = nnx.List([])
+        cin = chans[-1]
+        for i, cout in enumerate(outs):
+            last = i == len(outs) - 1
+            self.convs.append(Conv(cin, cout, kernel, rngs=rngs, bias=last, dtype=dtype))
+            self.norms.append(None if last else RMSNorm(cout, dtype=dtype))
+            cin = cout
+        self.shape = shape
+
+    def __call__(self, feat: jax.Array) -> jax.Array:
+        x, lead = _flat_batch(feat, 1)
+        x = self.linear(x).reshape((-1,) + self.start)
+        for conv, norm in zip(self.convs, self.norms):
+            x = jnp.repeat(jnp.repeat(x, 2, axis=1), 2, axis=2)
+            x = conv(x)
+            if norm is not None:
+                x = jax.nn.silu(norm(x))
+        return jax.nn.sigmoid(x.astype(jnp.float32)).reshape(lead + self.shape)

@@ -1,0 +1,134 @@
+"""Sequence replay on the host: one ring buffer per environment stream, uniform B x T chunks.
+
+Every step stores the observation, the action taken after it, reward, is_first, is_terminal and the
+agent's posterior latent at that step. A sampled chunk of T steps comes with the latent and action of the
+step before it (`start`, `start_action`), so training continues from the stored state (replay context 1);
+`update_latents` writes the fresher posteriors of an update back.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from pathlib import Path
+
+import numpy as np
+
+
+def _flatten(tree: Mapping, prefix: str = "") -> dict[str, np.ndarray]:
+    out = {}
+    for key, value in tree.items():
+        if isinstance(value, Mapping):
+            out.update(_flatten(value, f"{prefix}{key}/"))
+        else:
+            out[f"{prefix}{key}"] = value
+    return out
+
+
+def _unflatten(flat: Mapping[str, np.ndarray]) -> dict:
+    out: dict = {}
+    for key, value in flat.items():
+        node = out
+        *parents, leaf = key.split("/")
+        for p in parents:
+            node = node.setdefault(p, {})
+        node[leaf] = value
+    return out
+
+
+class Replay:
+    """Stores `capacity` steps in total, split evenly over `num_streams` environment streams."""
+
+    def __init__(self, capacity: int, num_streams: int, length: int, seed: int = 0):
+        if num_streams < 1:
+            raise ValueError(f"num_streams={num_streams} must be >= 1.")
+        per = capacity // num_streams
+        if per < length + 1:
+            raise ValueError(f"replay.capacity={capacity} holds {per} steps per environment; it needs at least "
+                             f"batch_length + 1 = {length + 1} per each of {num_streams} environments.")
+        self.capacity, self.streams, self.length, self.per = capacity, num_streams, length, per
+        self.rng = np.random.default_rng(seed)
+        self.data: dict[str, np.ndarray] = {}
+        self.pos = 0  # next write index (all streams advance together)
+        self.count = 0  # steps stored per stream
+
+    def __len__(self) -> int:
+        return self.count * self.streams
+
+    def add(self, step: Mapping) -> None:
+        """Adds one step for every stream: a (nested) dict of arrays with leading axis `num_streams`.
+
+        Latent `stoch` one-hots are stored as class indices (uint8/int16) to save memory.
+        """
+        flat = _flatten(step)
+        for key, value in flat.items():
+            value = np.asarray(value)
+            if key == "latent/stoch" and value.ndim == 3:
+                value = value.argmax(-1).astype(np.uint8 if value.shape[-1] <= 256 else np.int16)
+            if value.shape[:1] != (self.streams,):
+                raise ValueError(f"Replay.add: {key!r} has leading shape {value.shape[:1]}, expected ({self.streams},).")
+            if key not in self.data:
+                if self.count:
+                    raise ValueError(f"Replay.add: key {key!r} was not in the first step; keys: {sorted(self.data)}.")
+                self.data[key] = np.zeros((self.streams, self.per) + value.shape[1:], value.dtype)
+            self.data[key][:, self.pos] = value
+        missing = set(self.data) - set(flat)
+        if missing:
+            raise ValueError(f"Replay.add: step lacks keys {sorted(missing)}.")
+        self.pos = (self.pos + 1) % self.per
+        self.count = min(self.count + 1, self.per)
+
+    def ready(self) -> bool:
+        return self.count >= self.length + 1
+
+    def sample(self, batch: int, classes: int) -> tuple[dict, tuple[np.ndarray, np.ndarray]]:
+        """A batch [B, T] of chunks plus their context; also the (stream, time) indices for update_latents."""
+        if not self.ready():
+            raise RuntimeError(f"Replay holds {self.count} steps per stream; sampling needs {self.length + 1}.")
+        T = self.length
+        oldest = self.pos if self.count == self.per else 0
+        streams = self.rng.integers(0, self.streams, batch)
+        starts = self.rng.integers(1, self.count - T + 1, batch)  # chronological index of the first step
+        times = (oldest + starts[:, None] - 1 + np.arange(T + 1)[None]) % self.per  # [B, T+1], col 0 = context
+        chunk = {k: v[streams[:, None], times] for k, v in self.data.items()}
+        out = {}
+        for key, value in chunk.items():
+            if key.startswith("latent/"):
+                out["start/" + key[len("latent/"):]] = value[:, 0]
+            elif key.startswith("action/"):
+                out[key] = value[:, 1:]
+                out["start_action/" + key[len("action/"):]] = value[:, 0]
+            else:
+                out[key] = value[:, 1:]
+        out["start/stoch"] = np.eye(classes, dtype=np.float32)[out["start/stoch"]]
+        return _unflatten(out), (streams, times[:, 1:])
+
+    def update_latents(self, index: tuple[np.ndarray, np.ndarray], latent: Mapping[str, np.ndarray]) -> None:
+        """Writes fresher posteriors [B, T, ...] back to the sampled positions."""
+        streams, times = index
+        self.data["latent/deter"][streams[:, None], times] = np.asarray(latent["deter"])
+        stoch = np.asarray(latent["stoch"]).argmax(-1)
+        self.data["latent/stoch"][streams[:, None], times] = stoch
+
+    def save(self, path: str | Path) -> None:
+        """Writes the buffer atomically (to a temporary file, then renamed)."""
+        path = Path(path)
+        tmp = path.with_name(path.name + ".tmp.npz")
+        meta = np.array([self.capacity, self.streams, self.length, self.per, self.pos, self.count])
+        np.savez(tmp, __meta__=meta, **{k.replace("/", "|"): v[:, : self.count] if self.count < self.per else v
+                                        for k, v in self.data.items()})
+        tmp.replace(path)
+
+    @classmethod
+    def load(cls, path: str | Path, seed: int = 0) -> Replay:
+        with np.load(path) as f:
+            capacity, streams, length, per, pos, count = (int(x) for x in f["__meta__"])
+            replay = cls(capacity, streams, length, seed)
+            for key in f.files:
+                if key == "__meta__":
+                    continue
+                value = f[key]
+                full = np.zeros((streams, per) + value.shape[2:], value.dtype)
+                full[:, : value.shape[1]] = value
+                replay.data[key.replace("|", "/")] = full
+        replay.pos, replay.count = pos, count
+        return replay

@@ -1,0 +1,27 @@
+"""Process-wide JAX set-up: platform and the persistent compilation cache. Call before any JAX work."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+PLATFORMS = ("cpu", "gpu", "tpu")
+
+
+def setup_jax(platform: str = "cpu", cache_dir: str = "") -> None:
+    """Selects the platform and turns on the persistent compilation cache in `cache_dir` ('' = off)."""
+    if platform not in PLATFORMS:
+        raise ValueError(f"jax.platform={platform!r} is not known; use one of {', '.join(PLATFORMS)}.")
+    import jax
+
+    jax.config.update("jax_platforms", {"gpu": "cuda,rocm", "cpu": "cpu", "tpu": "tpu"}[platform])
+    if cache_dir:
+        Path(cache_dir).mkdir(parents=True, exist_ok=True)
+        jax.config.update("jax_compilation_cache_dir", str(cache_dir))
+        jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.5)
+        jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
+
+
+def default_cache_dir(logdir: str) -> str:
+    """`<logdir parent>/.jax_cache`, unless LWM_JAX_CACHE names another place."""
+    return os.environ.get("LWM_JAX_CACHE") or str(Path(logdir).resolve().parent / ".jax_cache")
