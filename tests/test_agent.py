@@ -1,0 +1,516 @@
+"""The agent end to end on tiny specs: learning, determinism, tracing, policy, report; replay; bad inputs.
+
+One Agent (image + tokens + vector observations, two action heads) is built per module and shared:
+compiling the train step dominates the run time.
+"""
+
+from __future__ import annotations
+
+import chex
+import dm_env
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from dm_env import specs
+from flax import nnx
+
+import envs
+from lwm import config
+from lwm.agent import Agent
+from lwm.driver import Driver, ObservationError, check_observation
+from lwm.replay import Replay
+
+VOCAB = 8
+OBS_SPEC = {
+    "image": specs.BoundedArray((16, 16, 3), np.uint8, 0, 255, name="image"),
+    "tokens": specs.BoundedArray((1,), np.int32, 0, VOCAB - 1, name="tokens"),
+    "vector": specs.Array((4,), np.float32, name="vector"),
+    "log_text": specs.Array((), np.float32, name="log_text"),  # log_* keys are never modelled
+}
+ACT_SPEC = {
+    "move": specs.DiscreteArray(3, dtype=np.int32, name="move"),
+    "talk": specs.BoundedArray((), np.int32, minimum=2, maximum=5, name="talk"),  # offset head: 2..5
+}
+UPDATES = 60
+
+
+def _config():
+    # No warm-up so that 60 updates visibly learn; everything else is the tiny debug model.
+    return config.load(["debug"], {"agent.opt.warmup": 0, "agent.opt.lr": 1e-3})
+
+
+def _batch(cfg, seed: int) -> dict:
+    """A random but learnable batch: each frame is one of 4 fixed images; tokens are mostly <pad>."""
+    rng = np.random.default_rng(seed)
+    B, T, r = cfg.batch_size, cfg.batch_length, cfg.agent.rssm
+    pics = np.zeros((4, 16, 16, 3), np.uint8)
+    for i in range(4):
+        y, x = np.random.default_rng(100 + i).integers(0, 12, 2)
+        pics[i, y: y + 4, x: x + 4] = np.random.default_rng(200 + i).integers(128, 256, 3)
+    is_first = np.zeros((B, T), bool)
+    is_first[:, 0] = True
+    return {
+        "obs": {"image": pics[rng.integers(0, 4, (B, T))],
+                "tokens": np.where(rng.random((B, T, 1)) < 0.7, 0,
+                                   rng.integers(1, VOCAB, (B, T, 1))).astype(np.int32),
+                "vector": rng.normal(size=(B, T, 4)).astype(np.float32)},
+        "action": {"move": rng.integers(0, 3, (B, T)).astype(np.int32),
+                   "talk": rng.integers(2, 6, (B, T)).astype(np.int32)},
+        "reward": rng.normal(size=(B, T)).astype(np.float32),
+        "is_first": is_first,
+        "is_terminal": np.zeros((B, T), bool),
+        "start": {"deter": np.zeros((B, r.deter), np.float32),
+                  "stoch": np.zeros((B, r.stoch, r.classes), np.float32)},
+        "start_action": {"move": np.zeros((B,), np.int32), "talk": np.full((B,), 2, np.int32)},
+    }
+
+
+@pytest.fixture(scope="module")
+def setup():
+    """The shared agent, trained UPDATES times on one fixed batch."""
+    cfg = _config()
+    agent = Agent(OBS_SPEC, ACT_SPEC, cfg)
+    batch = _batch(cfg, 0)
+    ts = agent.init(0)
+    history = []
+    for _ in range(UPDATES):
+        ts, metrics, post = agent.train(ts, batch)
+        history.append(jax.device_get(metrics))
+    return {"cfg": cfg, "agent": agent, "batch": batch, "ts": ts, "history": history, "post": post,
+            "traces": dict(agent.traces)}
+
+
+def _copy(tree):
+    return jax.tree.map(jnp.copy, tree)
+
+
+# -------------------------------------------------------------------------------------------------- train
+
+def test_agent_uses_only_model_keys(setup):
+    agent = setup["agent"]
+    assert [k.name for k in agent.keys] == ["image", "tokens", "vector"]
+    assert {k.name: k.kind for k in agent.keys} == {"image": "image", "tokens": "tokens", "vector": "vector"}
+    assert [(h.name, h.num, h.low) for h in agent.heads] == [("move", 3, 0), ("talk", 4, 2)]
+    assert agent.param_count() > 0
+
+
+def test_world_model_loss_falls(setup):
+    hist = setup["history"]
+    rec = np.array([h["loss/rec_image"] + h["loss/rec_tokens"] for h in hist])
+    first, last = rec[:5].mean(), rec[-5:].mean()
+    assert last < 0.7 * first, f"reconstruction loss {first:.3f} -> {last:.3f}"
+    tokens = [h["loss/rec_tokens"] for h in hist]
+    assert np.mean(tokens[-5:]) < np.mean(tokens[:5])
+
+
+def test_metrics_finite_and_complete(setup):
+    hist = setup["history"]
+    chex.assert_tree_all_finite(hist)
+    for key in ["loss/rec_image", "loss/rec_tokens", "loss/rec_vector", "loss/reward", "loss/cont",
+                "loss/dyn", "loss/rep", "loss/policy", "loss/value", "loss/slowreg", "loss/repval",
+                "loss/total",
+                "imag/return", "imag/retnorm_scale", "opt/grad_norm", "opt/update_norm"]:
+        assert key in hist[-1], key
+        assert np.shape(hist[-1][key]) == ()
+    assert hist[-1]["loss/dyn"] >= 1.0 and hist[-1]["loss/rep"] >= 1.0  # one free nat
+    assert hist[-1]["imag/retnorm_scale"] >= 1.0
+    ts = setup["ts"]
+    assert int(ts["step"]) == UPDATES
+    chex.assert_tree_all_finite((ts["params"], ts["slow"], ts["retnorm"]))
+
+
+def test_train_returns_posteriors(setup):
+    cfg, post = setup["cfg"], setup["post"]
+    B, T, r = cfg.batch_size, cfg.batch_length, cfg.agent.rssm
+    chex.assert_shape(post["deter"], (B, T, r.deter))
+    chex.assert_shape(post["stoch"], (B, T, r.stoch, r.classes))
+    np.testing.assert_allclose(np.asarray(post["stoch"]).sum(-1), 1.0, atol=1e-5)
+
+
+def test_train_traced_exactly_once(setup):
+    agent, batch = setup["agent"], setup["batch"]
+    assert setup["traces"]["train"] == 1  # over all UPDATES updates of the fixture
+    before = agent.traces["train"]
+    ts = agent.init(3)
+    for seed in range(3):  # fresh state and new batch values: same shapes, no retrace
+        ts, _, _ = agent.train(ts, _batch(setup["cfg"], seed + 10))
+    jax.block_until_ready(ts)
+    assert agent.traces["train"] == before
+    del batch
+
+
+def test_train_passes_chex_max_traces(setup):
+    agent, batch = setup["agent"], setup["batch"]
+    chex.clear_trace_counter()
+    # Same donation as agent.train: the lowered program is identical, so the compilation cache is reused.
+    train = jax.jit(chex.assert_max_traces(agent._train, n=1), donate_argnums=(0,))
+    ts = agent.init(0)
+    for _ in range(3):
+        ts, metrics, _ = train(ts, batch)
+    chex.assert_tree_all_finite(metrics)
+    assert int(ts["step"]) == 3
+    # The check is live: a batch of another length would retrace and is reported.
+    short = jax.tree.map(lambda x: x[:, :8] if x.ndim >= 2 else x, batch)
+    short["start"], short["start_action"] = batch["start"], batch["start_action"]
+    with pytest.raises(AssertionError, match="traced > 1 times"):
+        train(ts, short)
+    chex.clear_trace_counter()
+
+
+def test_same_seed_same_params_different_seed_differs(setup):
+    cfg, agent = setup["cfg"], setup["agent"]
+    other = Agent(OBS_SPEC, ACT_SPEC, cfg)
+    batches = [_batch(cfg, 20 + i) for i in range(5)]
+    ts_a, ts_b, ts_c = agent.init(0), other.init(0), agent.init(1)
+    chex.assert_trees_all_equal(ts_a["params"], ts_b["params"])
+    with pytest.raises(AssertionError):
+        chex.assert_trees_all_equal(ts_a["params"], ts_c["params"])
+    for b in batches:
+        ts_a, m_a, _ = agent.train(ts_a, b)
+        ts_b, m_b, _ = other.train(ts_b, b)
+        ts_c, _, _ = agent.train(ts_c, b)
+    chex.assert_trees_all_equal(ts_a["params"], ts_b["params"])
+    chex.assert_trees_all_equal(ts_a["slow"], ts_b["slow"])
+    chex.assert_trees_all_equal(m_a, m_b)
+    with pytest.raises(AssertionError):
+        chex.assert_trees_all_equal(ts_a["params"], ts_c["params"])
+
+
+# ------------------------------------------------------------------------------------------ policy/report
+
+def _obs(n: int, seed: int) -> dict:
+    rng = np.random.default_rng(seed)
+    return {"image": rng.integers(0, 256, (n, 16, 16, 3), dtype=np.uint8),
+            "tokens": rng.integers(0, VOCAB, (n, 1)).astype(np.int32),
+            "vector": rng.normal(size=(n, 4)).astype(np.float32),
+            "log_text": np.zeros((n,), np.float32)}
+
+
+def test_policy_actions_within_spec_and_greedy_deterministic(setup):
+    agent, cfg = setup["agent"], setup["cfg"]
+    params = agent.init(0)["params"]
+    N, r = 6, cfg.agent.rssm
+    carry = agent.init_policy(N)
+    chex.assert_shape(carry["action"], (N, 3 + 4))
+    before = agent.traces["policy"]
+    seen = {"move": set(), "talk": set()}
+    for t in range(8):
+        is_first = np.full((N,), t == 0)
+        carry, actions, latent = agent.policy(params, carry, _obs(N, t), is_first, jax.random.key(t))
+        assert set(actions) == {"move", "talk"}
+        for name, spec in ACT_SPEC.items():
+            a = np.asarray(actions[name])
+            assert a.shape == (N,) and np.issubdtype(a.dtype, np.integer)
+            for value in a:
+                spec.validate(np.asarray(value, spec.dtype))
+            seen[name] |= set(a.tolist())
+        chex.assert_shape(latent["deter"], (N, r.deter))
+        chex.assert_shape(latent["stoch"], (N, r.stoch, r.classes))
+        chex.assert_shape(carry["action"], (N, 7))
+    assert seen["move"] <= {0, 1, 2} and seen["talk"] <= {2, 3, 4, 5}
+    assert len(seen["talk"]) > 1  # sampled, not constant
+
+    obs, first = _obs(N, 99), np.zeros((N,), bool)
+    out1 = agent.policy(params, carry, obs, first, jax.random.key(5), greedy=True)
+    out2 = agent.policy(params, carry, obs, first, jax.random.key(5), greedy=True)
+    chex.assert_trees_all_equal(out1, out2)
+    # Greedy = argmax of the actor at the new latent state (plus the head's offset).
+    nets = nnx.merge(agent.graph, params)
+    logits = nets.actor(nets.wm.rssm.feat(out1[2]))
+    for name, low in [("move", 0), ("talk", 2)]:
+        lg = np.sort(np.asarray(logits[name]), -1)
+        clear = lg[:, -1] - lg[:, -2] > 1e-5  # ignore near-ties (eager vs jitted rounding)
+        assert clear.any()
+        want = np.argmax(np.asarray(logits[name]), -1) + low
+        np.testing.assert_array_equal(np.asarray(out1[1][name])[clear], want[clear])
+    assert agent.traces["policy"] - before <= 2  # one trace per `greedy` value
+
+
+def test_report_open_loop_metrics(setup):
+    agent, cfg, batch = setup["agent"], setup["cfg"], setup["batch"]
+    B, T = cfg.batch_size, cfg.batch_length
+    out = agent.report(setup["ts"]["params"], batch, jax.random.key(0))
+    keys = {k for k in out if k.startswith("openloop/")}
+    assert keys == {"openloop/image_mse", "openloop/tokens_acc", "openloop/vector_mse"}
+    for k in keys:
+        chex.assert_shape(out[k], (T,))
+        chex.assert_tree_all_finite(out[k])
+    acc = np.asarray(out["openloop/tokens_acc"])
+    assert (acc >= 0).all() and (acc <= 1).all()
+    assert (np.asarray(out["openloop/image_mse"]) >= 0).all()
+    chex.assert_shape(out["pred"]["image"], (B, T, 16, 16, 3))
+    chex.assert_shape(out["pred"]["tokens"], (B, T, 1, VOCAB))
+    chex.assert_shape(out["pred"]["vector"], (B, T, 4))
+    chex.assert_shape(out["reward"], (B, T))
+
+
+# -------------------------------------------------------------------------------------------------- replay
+
+N_STREAMS, LENGTH, DETER, STOCH, CLASSES = 2, 5, 6, 3, 4
+
+
+def _step(t: int) -> dict:
+    """Step t of every stream; values encode (stream, t) so samples can be traced back."""
+    s = np.arange(N_STREAMS)
+    code = 1000 * s + t
+    stoch = np.zeros((N_STREAMS, STOCH, CLASSES), np.float32)
+    stoch[:, :, t % CLASSES] = 1
+    return {"obs": {"t": code.astype(np.int64), "image": np.full((N_STREAMS, 4, 4, 3), t % 256, np.uint8)},
+            "action": {"a": (code % 7).astype(np.int32)},
+            "reward": code.astype(np.float32), "is_first": (np.full(N_STREAMS, t == 0)),
+            "is_terminal": np.zeros(N_STREAMS, bool),
+            "latent": {"deter": np.repeat(code[:, None], DETER, 1).astype(np.float32), "stoch": stoch}}
+
+
+def _check_batch(batch, B, per_stream_steps=None):
+    T = LENGTH
+    code = batch["obs"]["t"]
+    assert code.shape == (B, T)
+    assert batch["obs"]["image"].shape == (B, T, 4, 4, 3)
+    for key in ["reward", "is_first", "is_terminal"]:
+        assert batch[key].shape == (B, T)
+    assert batch["action"]["a"].shape == (B, T)
+    assert batch["start"]["deter"].shape == (B, DETER)
+    assert batch["start"]["stoch"].shape == (B, STOCH, CLASSES)
+    assert batch["start_action"]["a"].shape == (B,)
+    # Consecutive steps of one stream.
+    np.testing.assert_array_equal(np.diff(code, axis=1), 1)
+    np.testing.assert_array_equal(batch["reward"], code)
+    # Context: the latent and action stored with the step before the chunk.
+    prev = code[:, 0] - 1
+    np.testing.assert_array_equal(batch["start"]["deter"], np.repeat(prev[:, None], DETER, 1))
+    want_ids = np.repeat((prev % 1000 % CLASSES)[:, None], STOCH, 1)
+    np.testing.assert_array_equal(batch["start"]["stoch"].argmax(-1), want_ids)
+    np.testing.assert_array_equal(batch["start"]["stoch"].sum(-1), 1)
+    np.testing.assert_array_equal(batch["start_action"]["a"], prev % 7)
+    if per_stream_steps is not None:
+        lo, hi = per_stream_steps
+        t = code % 1000
+        assert (t >= lo).all() and (t < hi).all()
+        assert (prev % 1000 >= lo).all()
+
+
+def test_replay_add_sample_and_context():
+    replay = Replay(capacity=40, num_streams=N_STREAMS, length=LENGTH, seed=0)
+    assert replay.per == 20
+    for t in range(LENGTH):
+        replay.add(_step(t))
+    assert not replay.ready()
+    with pytest.raises(RuntimeError, match="sampling needs"):
+        replay.sample(3, CLASSES)
+    replay.add(_step(LENGTH))
+    assert replay.ready() and len(replay) == (LENGTH + 1) * N_STREAMS
+    for _ in range(10):
+        batch, (streams, times) = replay.sample(8, CLASSES)
+        _check_batch(batch, 8, (0, LENGTH + 1))
+        assert streams.shape == (8,) and times.shape == (8, LENGTH)
+        np.testing.assert_array_equal(batch["obs"]["t"] // 1000, np.repeat(streams[:, None], LENGTH, 1))
+
+
+def test_replay_wraps_around_after_capacity():
+    replay = Replay(capacity=20, num_streams=N_STREAMS, length=LENGTH, seed=1)
+    total = 37
+    for t in range(total):
+        replay.add(_step(t))
+    assert len(replay) == 20 and replay.count == replay.per == 10
+    starts = set()
+    for _ in range(50):
+        batch, _ = replay.sample(4, CLASSES)
+        _check_batch(batch, 4, (total - 10, total))  # only the newest `per` steps, in order
+        starts |= set((batch["obs"]["t"][:, 0] % 1000).tolist())
+    # Every chunk that has a stored step before it can be sampled.
+    assert starts == set(range(total - 10 + 1, total - LENGTH + 1))
+
+
+def test_replay_update_latents_writes_back():
+    replay = Replay(capacity=40, num_streams=N_STREAMS, length=LENGTH, seed=2)
+    for t in range(15):
+        replay.add(_step(t))
+    batch, index = replay.sample(3, CLASSES)
+    streams, times = index
+    rng = np.random.default_rng(0)
+    deter = rng.normal(size=(3, LENGTH, DETER)).astype(np.float32)
+    ids = rng.integers(0, CLASSES, (3, LENGTH, STOCH))
+    replay.update_latents(index, {"deter": deter, "stoch": np.eye(CLASSES, dtype=np.float32)[ids]})
+    got_deter = replay.data["latent/deter"][streams[:, None], times]
+    got_stoch = replay.data["latent/stoch"][streams[:, None], times]
+    # Where chunks overlap the later write wins; compare against a replay of the same writes.
+    want_deter = np.zeros_like(replay.data["latent/deter"])
+    want_stoch = np.zeros_like(replay.data["latent/stoch"])
+    want_deter[streams[:, None], times] = deter
+    want_stoch[streams[:, None], times] = ids
+    np.testing.assert_array_equal(got_deter, want_deter[streams[:, None], times])
+    np.testing.assert_array_equal(got_stoch, want_stoch[streams[:, None], times])
+    # Other positions are untouched.
+    mask = np.ones(replay.data["latent/deter"].shape[:2], bool)
+    mask[streams[:, None], times] = False
+    t_all = replay.data["obs/t"][mask]
+    np.testing.assert_array_equal(replay.data["latent/deter"][mask][:, 0], t_all)
+    del batch
+
+
+@pytest.mark.parametrize("steps", [7, 23])  # partly filled, and wrapped around
+def test_replay_save_load_round_trip(tmp_path, steps):
+    replay = Replay(capacity=20, num_streams=N_STREAMS, length=LENGTH, seed=5)
+    for t in range(steps):
+        replay.add(_step(t))
+    path = tmp_path / "replay.npz"
+    replay.save(path)
+    assert path.exists() and not list(tmp_path.glob("*.tmp*"))
+    again = Replay.load(path, seed=5)
+    assert (again.capacity, again.streams, again.length, again.per) == (20, N_STREAMS, LENGTH, 10)
+    assert (again.pos, again.count, len(again)) == (replay.pos, replay.count, len(replay))
+    assert set(again.data) == set(replay.data)
+    for key, value in replay.data.items():
+        assert again.data[key].dtype == value.dtype
+        np.testing.assert_array_equal(again.data[key][:, : replay.count], value[:, : replay.count])
+    replay.rng = np.random.default_rng(9)
+    again.rng = np.random.default_rng(9)
+    a, ia = replay.sample(4, CLASSES)
+    b, ib = again.sample(4, CLASSES)
+    chex.assert_trees_all_equal((a, ia), (b, ib))
+    again.add(_step(steps))  # keeps working after loading
+    assert again.count == min(steps + 1, 10)
+
+
+def test_replay_errors():
+    with pytest.raises(ValueError, match="batch_length"):
+        Replay(capacity=10, num_streams=2, length=5)  # 5 per stream < length + 1
+    with pytest.raises(ValueError, match="num_streams"):
+        Replay(capacity=10, num_streams=0, length=2)
+    replay = Replay(capacity=40, num_streams=N_STREAMS, length=LENGTH)
+    replay.add(_step(0))
+    bad = _step(1)
+    bad["reward"] = np.zeros(3, np.float32)
+    with pytest.raises(ValueError, match="leading shape"):
+        replay.add(bad)
+    extra = _step(1)
+    extra["other"] = np.zeros(N_STREAMS)
+    with pytest.raises(ValueError, match="not in the first step"):
+        replay.add(extra)
+
+
+def test_driver_fills_replay_from_tokenchoice():
+    worlds = [envs.make("tokenchoice", num_choices=4, delay=2, image=False, seed=i) for i in range(2)]
+    driver = Driver(worlds, ["tokens", "vector"], name="tokenchoice")
+    replay = Replay(capacity=200, num_streams=2, length=4, seed=0)
+    rng = np.random.default_rng(0)
+
+    def policy(obs, is_first):
+        assert obs["tokens"].shape == (2, 1) and obs["vector"].shape == (2, 4)
+        latent = {"deter": rng.normal(size=(2, DETER)).astype(np.float32),
+                  "stoch": np.eye(CLASSES, dtype=np.float32)[rng.integers(0, CLASSES, (2, STOCH))]}
+        return {"action": rng.integers(0, 4, 2).astype(np.int32)}, {"latent": latent}
+
+    for _ in range(20):
+        driver.step(policy, replay.add)
+    assert driver.steps == 40 and len(replay) == 40
+    episodes = driver.pop_episodes()
+    assert len(episodes) >= 8 and all(e["length"] == 3 for e in episodes)
+    assert all(e["return"] in (0.0, 1.0) for e in episodes)
+    batch, _ = replay.sample(5, CLASSES)
+    assert batch["obs"]["tokens"].shape == (5, 4, 1) and batch["action"]["action"].shape == (5, 4)
+    # Episodes of delay 2 last 4 observations (first, 2 mid, terminal); a first follows each terminal.
+    term, first = batch["is_terminal"], batch["is_first"]
+    assert (first[:, 1:][term[:, :-1]]).all()
+    assert (term[:, :-1][first[:, 1:]]).all()
+    assert (batch["reward"][batch["is_first"]] == 0).all()
+
+
+# ------------------------------------------------------------------------------------------------ bad input
+
+class _Corrupt(dm_env.Environment):
+    """Wraps an environment and rewrites its observations with `fn`."""
+
+    def __init__(self, env, fn):
+        self.env, self.fn = env, fn
+
+    def reset(self):
+        ts = self.env.reset()
+        return ts._replace(observation=self.fn(dict(ts.observation)))
+
+    def step(self, action):
+        ts = self.env.step(action)
+        return ts._replace(observation=self.fn(dict(ts.observation)))
+
+    def observation_spec(self):
+        return self.env.observation_spec()
+
+    def action_spec(self):
+        return self.env.action_spec()
+
+
+def _set(key, value_fn):
+    def fn(obs):
+        obs[key] = value_fn(obs[key])
+        return obs
+    return fn
+
+
+@pytest.mark.parametrize("key,fn,words", [
+    ("vector", lambda v: v.astype(np.float64), ["float64", "float32"]),
+    ("tokens", lambda v: v.astype(np.int64), ["int64", "int32"]),
+    ("vector", lambda v: v[:3], ["(3,)", "(4,)"]),
+    ("tokens", lambda v: np.stack([v, v]), ["(2, 1)", "(1,)"]),
+])
+def test_driver_rejects_observation_with_wrong_dtype_or_shape(key, fn, words):
+    env = _Corrupt(envs.make("tokenchoice", num_choices=4, delay=2, image=False), _set(key, fn))
+    driver = Driver([env], ["tokens", "vector"], name="broken")
+    with pytest.raises(ObservationError) as info:
+        driver.observe()
+    msg = str(info.value)
+    assert f"{key!r}" in msg and "broken[0]" in msg and "spec" in msg
+    for word in words:
+        assert word in msg
+    assert isinstance(info.value, ValueError)
+
+
+def test_check_observation_errors():
+    spec = envs.make("tokenchoice", image=True).observation_spec()
+    good = {k: np.zeros(s.shape, s.dtype) for k, s in spec.items()}
+    check_observation(good, spec, "here")
+    with pytest.raises(ObservationError, match=r"'image'.*float32.*uint8"):
+        check_observation({**good, "image": good["image"].astype(np.float32)}, spec, "here")
+    with pytest.raises(ObservationError, match=r"'image'.*\(8, 8, 3\).*\(16, 16, 3\)"):
+        check_observation({**good, "image": np.zeros((8, 8, 3), np.uint8)}, spec, "here")
+    with pytest.raises(ObservationError, match="lacks key 'vector'"):
+        check_observation({k: v for k, v in good.items() if k != "vector"}, spec, "here")
+    with pytest.raises(ObservationError, match="outside its bounds"):
+        check_observation({**good, "tokens": np.full(spec["tokens"].shape, 10**6, np.int32)}, spec, "here")
+    with pytest.raises(ObservationError, match="must be a dict"):
+        check_observation(np.zeros(3), spec, "here")
+
+
+@pytest.mark.parametrize("act_spec", [
+    specs.BoundedArray((), np.float32, -1.0, 1.0, name="steer"),     # continuous
+    specs.BoundedArray((2,), np.int32, 0, 3, name="pair"),           # non-scalar discrete
+    {"move": specs.DiscreteArray(3), "steer": specs.Array((), np.float32, name="steer")},
+])
+def test_unsupported_action_spec(act_spec):
+    with pytest.raises(ValueError, match="not supported"):
+        Agent(OBS_SPEC, act_spec, _config())
+
+
+def test_unknown_compute_dtype():
+    cfg = _config().update({"jax.compute_dtype": "float8"})
+    with pytest.raises(ValueError, match="compute_dtype"):
+        Agent(OBS_SPEC, ACT_SPEC, cfg)
+
+
+def test_unusable_observation_specs():
+    with pytest.raises(ValueError, match="No observation key"):
+        Agent({"log_x": specs.Array((), np.float32)}, ACT_SPEC, _config())
+    with pytest.raises(ValueError, match="rank"):
+        Agent({"cube": specs.Array((2, 2, 2), np.float32)}, ACT_SPEC, _config())
+    with pytest.raises(TypeError):
+        Agent(specs.Array((4,), np.float32), ACT_SPEC, _config())
+
+
+@pytest.mark.xfail(strict=True, reason=(
+    "lwm.agent: Agent.__init__ runs dict(obs_spec) before obs_keys(), so a non-dict observation spec fails "
+    "with Python's bare \"'Array' object is not iterable\" instead of obs_keys' message 'The observation "
+    "spec must be a dict of dm_env specs'."))
+def test_non_dict_observation_spec_message():
+    with pytest.raises(TypeError, match="must be a dict"):
+        Agent(specs.Array((4,), np.float32), ACT_SPEC, _config())
