@@ -67,8 +67,8 @@ class Agent:
         if config.jax.compute_dtype not in DTYPES:
             raise ValueError(f"jax.compute_dtype={config.jax.compute_dtype!r} is not known; use one of {list(DTYPES)}.")
         self.dtype = DTYPES[config.jax.compute_dtype]
-        self.obs_spec = dict(obs_spec)
         self.keys = obs_keys(obs_spec, cfg.obs_keys)
+        self.obs_spec = dict(obs_spec)
         self.heads = ac.action_heads(act_spec)
         self.act_spec = act_spec
         self.tx = make_optimizer(cfg.opt)
@@ -78,6 +78,9 @@ class Agent:
         self.num_params = sum(x.size for x in jax.tree.leaves(params))
         self.gamma = 1.0 - 1.0 / cfg.imag.gamma_horizon
         self.policy = jax.jit(self._policy, static_argnames=("greedy",))
+        # Trace counts per jitted function (Python side effect at trace time): the train step must trace
+        # exactly once per Agent; more means a shape or dtype drifted (tests also check with chex).
+        self.traces = {"policy": 0, "train": 0, "report": 0}
         self.train = jax.jit(self._train, donate_argnums=(0,))
         self.report = jax.jit(self._report)
 
@@ -106,6 +109,7 @@ class Agent:
     # --------------------------------------------------------------------------------------------- policy
     def _policy(self, params, carry, obs, is_first, key, greedy: bool = False):
         """One environment step for N worlds: observe, then act. Returns (carry, actions, latent to store)."""
+        self.traces["policy"] += 1
         nets = nnx.merge(self.graph, params)
         k1, k2 = jax.random.split(key)
         embed = nets.wm.encoder({k.name: obs[k.name] for k in self.keys})
@@ -194,6 +198,7 @@ class Agent:
 
     def _train(self, ts, batch):
         """One update of world model, actor and critic on one batch. Returns (state, metrics, posteriors)."""
+        self.traces["train"] += 1
         key, sub = jax.random.split(ts["key"])
         grads, (metrics, retnorm, post) = jax.grad(self._losses, has_aux=True)(
             ts["params"], ts["slow"], ts["retnorm"], batch, sub)
@@ -201,8 +206,8 @@ class Agent:
         params = optax.apply_updates(ts["params"], updates)
         rate = self.config.agent.critic.slow_rate
         slow = jax.tree.map(lambda s, p: (1 - rate) * s + rate * p, ts["slow"], params["critic"])
-        metrics["opt/grad_norm"] = optax.global_norm(grads)
-        metrics["opt/update_norm"] = optax.global_norm(updates)
+        metrics["opt/grad_norm"] = optax.tree.norm(grads)
+        metrics["opt/update_norm"] = optax.tree.norm(updates)
         new = {"params": params, "opt": opt, "slow": slow, "retnorm": retnorm, "step": ts["step"] + 1, "key": key}
         return new, metrics, post
 
@@ -212,6 +217,7 @@ class Agent:
 
         Returns per-horizon errors (image MSE per pixel, vector MSE, token accuracy) and the predictions.
         """
+        self.traces["report"] += 1
         nets = nnx.merge(self.graph, params)
         wm = nets.wm
         T = batch["reward"].shape[1]

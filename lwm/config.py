@@ -162,7 +162,15 @@ def _coerce(key: str, default: Any, value: Any, where: str, free: bool = False) 
     """Checks (and, for strings from the command line, parses) `value` against the default's type."""
     if free:
         return parse_scalar(value) if isinstance(value, str) else value
+    if key in FREE_FORM:  # a whole free-form mapping: merged, keys checked by its consumer
+        if isinstance(value, str):
+            value = _parse_string(key, value, dict, where)
+        if not isinstance(value, Mapping):
+            raise ConfigError(f"Config key {key!r} expects a mapping, got {value!r} ({where}).")
+        return {**default, **{k: parse_scalar(v) if isinstance(v, str) else v for k, v in value.items()}}
     expected = type(default)
+    if isinstance(default, Mapping) and isinstance(value, str):
+        value = _parse_string(key, value, dict, where)
     if isinstance(default, Mapping):
         if isinstance(value, Mapping):
             merged = dict(default)

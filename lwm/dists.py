@@ -16,9 +16,12 @@ def symexp(x: jax.Array) -> jax.Array:
     return jnp.sign(x) * jnp.expm1(jnp.abs(x))
 
 
-def twohot_bins(num: int = 255, low: float = -20.0, high: float = 20.0) -> jax.Array:
-    """Bin centres, equally spaced in symlog space."""
-    return jnp.linspace(low, high, num, dtype=jnp.float32)
+def twohot_bins(num: int = 255, limit: float = 20.0) -> jax.Array:
+    """Bin centres, equally spaced in symlog space over [-limit, limit], exactly symmetric around 0."""
+    if num < 3 or num % 2 == 0:
+        raise ValueError(f"two-hot bins must be an odd number >= 3 (so that 0 is a bin), got {num}.")
+    half = jnp.linspace(0.0, limit, (num + 1) // 2, dtype=jnp.float32)[1:]
+    return jnp.concatenate([-half[::-1], jnp.zeros((1,), jnp.float32), half])
 
 
 def twohot_encode(y: jax.Array, bins: jax.Array) -> jax.Array:
@@ -35,7 +38,11 @@ def twohot_encode(y: jax.Array, bins: jax.Array) -> jax.Array:
 def twohot_mean(logits: jax.Array, bins: jax.Array) -> jax.Array:
     """Prediction of a two-hot head: symexp of the expected bin. [..., K] -> [...]."""
     probs = jax.nn.softmax(logits.astype(jnp.float32), -1)
-    return symexp(jnp.sum(probs * bins, -1))
+    m = bins.shape[0] // 2
+    # Sum both halves outward from the centre, so that symmetric probabilities give exactly 0.
+    pos = jnp.sum(probs[..., m + 1:] * bins[m + 1:], -1)
+    neg = jnp.sum(probs[..., :m][..., ::-1] * bins[:m][::-1], -1)
+    return symexp(pos + neg)
 
 
 def twohot_loss(logits: jax.Array, target: jax.Array, bins: jax.Array) -> jax.Array:

@@ -10,6 +10,7 @@ import math
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from flax import nnx
 
 
@@ -87,7 +88,7 @@ class MLP(nnx.Module):
     def __init__(self, din: int, units: int, layers: int, *, rngs: nnx.Rngs, out: int | None = None,
                  zero_out: bool = False, out_scale: float = 1.0, dtype=jnp.float32):
         dims = [din] + [units] * layers
-        self.layers = nnx.List([Dense(a, b, rngs=rngs, dtype=dtype) for a, b in zip(dims[:-1], dims[1:])])
+        self.layers = nnx.List([Dense(a, b, rngs=rngs, dtype=dtype) for a, b in zip(dims[:-1], dims[1:], strict=True)])
         init = "zeros" if zero_out else "normal"
         self.out = nnx.data(None if out is None else
                             Linear(dims[-1], out, rngs=rngs, init=init, scale=out_scale, dtype=dtype))
@@ -110,13 +111,68 @@ class Conv(nnx.Module):
         self.bias = nnx.data(nnx.Param(jnp.zeros((cout,), jnp.float32)) if bias else None)
         self.dtype = dtype
 
-    def __call__(self, x: jax.Array) -> jax.Array:
-        y = jax.lax.conv_general_dilated(
-            x.astype(self.dtype), self.kernel[...].astype(self.dtype), (1, 1), "SAME",
-            dimension_numbers=("NHWC", "HWIO", "NHWC"))
+    def __call__(self, x: jax.Array, mode: str = "same") -> jax.Array:
+        """mode: 'same' (stride-1 conv), 'pool' (then 2x2 max-pool), 'up' (after 2x nearest upsampling)."""
+        kernel = self.kernel[...]
+        if mode == "pool":
+            y = conv_maxpool(x, kernel, self.dtype)
+        elif mode == "up":
+            y = upsample_conv(x, kernel, self.dtype)
+        else:
+            y = _conv(x.astype(self.dtype), kernel.astype(self.dtype))
         if self.bias is not None:
             y = y + self.bias[...].astype(self.dtype)
         return y
+
+
+def _phase_select(kernel: int, down: bool) -> np.ndarray:
+    """S[d, o, p, a] = 1 where hi-res tap d of a stride-1 conv maps to low-res offset o-1 and input phase p
+    for output phase a (down: conv then 2x2 pool; up: 2x nearest upsample then conv, p always 0)."""
+    r = kernel // 2
+    sel = np.zeros((kernel, 3, 2, 2), np.float32)
+    for d in range(kernel):
+        for a in range(2):
+            u = a + d - r
+            sel[d, u // 2 + 1, u % 2 if down else 0, a] = 1.0
+    return sel
+
+
+def conv_maxpool(x: jax.Array, kernel: jax.Array, dtype) -> jax.Array:
+    """Exactly `maxpool2x2(conv_kxk_same(x))`, computed at half resolution.
+
+    The input is rearranged space-to-depth ([H/2, W/2, 4C]) and the k x k kernel is folded into a 3 x 3
+    kernel with 4C inputs and 4 output phases; the pool is a max over the phases. The full-resolution
+    conv output is never materialised, and the conv gets 4x the channels (much faster on CPUs).
+    """
+    n, h, w, c = x.shape
+    k, out = kernel.shape[0], kernel.shape[-1]
+    if k > 5:
+        raise ValueError(f"conv_maxpool supports kernels up to 5, got {k}.")
+    sel = jnp.asarray(_phase_select(k, True))
+    folded = jnp.einsum("ykpa,xlqb,yxco->klpqcabo", sel, sel, kernel).reshape(3, 3, 4 * c, 4 * out)
+    xs = x.reshape(n, h // 2, 2, w // 2, 2, c).transpose(0, 1, 3, 2, 4, 5).reshape(n, h // 2, w // 2, 4 * c)
+    y = _conv(xs.astype(dtype), folded.astype(dtype))
+    return y.reshape(n, h // 2, w // 2, 4, out).max(3)
+
+
+def upsample_conv(x: jax.Array, kernel: jax.Array, dtype) -> jax.Array:
+    """Exactly `conv_kxk_same(nearest_upsample_2x(x))`, computed at the input resolution.
+
+    The k x k kernel is folded into a 3 x 3 kernel with 4 output phases, followed by depth-to-space: 2.7x
+    fewer FLOPs for k=5 and no upsampled copy of the input.
+    """
+    n, h, w, c = x.shape
+    k, out = kernel.shape[0], kernel.shape[-1]
+    if k > 5:
+        raise ValueError(f"upsample_conv supports kernels up to 5, got {k}.")
+    sel = jnp.asarray(_phase_select(k, False))[:, :, 0]
+    folded = jnp.einsum("yka,xlb,yxco->klcabo", sel, sel, kernel).reshape(3, 3, c, 4 * out)
+    y = _conv(x.astype(dtype), folded.astype(dtype))
+    return y.reshape(n, h, w, 2, 2, out).transpose(0, 1, 3, 2, 4, 5).reshape(n, 2 * h, 2 * w, out)
+
+
+def _conv(x: jax.Array, kernel: jax.Array) -> jax.Array:
+    return jax.lax.conv_general_dilated(x, kernel, (1, 1), "SAME", dimension_numbers=("NHWC", "HWIO", "NHWC"))
 
 
 def _flat_batch(x: jax.Array, event_dims: int) -> tuple[jax.Array, tuple[int, ...]]:
@@ -155,11 +211,8 @@ class ConvEncoder(nnx.Module):
     def __call__(self, image: jax.Array) -> jax.Array:
         x, lead = _flat_batch(image, 3)
         x = x.astype(self.dtype) / 255.0 - 0.5
-        for conv, norm in zip(self.convs, self.norms):
-            x = conv(x)
-            n, h, w, c = x.shape
-            x = x.reshape(n, h // 2, 2, w // 2, 2, c).max(axis=(2, 4))
-            x = jax.nn.silu(norm(x))
+        for conv, norm in zip(self.convs, self.norms, strict=True):
+            x = jax.nn.silu(norm(conv(x, mode="pool")))
         return x.reshape(lead + (-1,))
 
 
@@ -187,9 +240,8 @@ class ConvDecoder(nnx.Module):
     def __call__(self, feat: jax.Array) -> jax.Array:
         x, lead = _flat_batch(feat, 1)
         x = self.linear(x).reshape((-1,) + self.start)
-        for conv, norm in zip(self.convs, self.norms):
-            x = jnp.repeat(jnp.repeat(x, 2, axis=1), 2, axis=2)
-            x = conv(x)
+        for conv, norm in zip(self.convs, self.norms, strict=True):
+            x = conv(x, mode="up")
             if norm is not None:
                 x = jax.nn.silu(norm(x))
         return jax.nn.sigmoid(x.astype(jnp.float32)).reshape(lead + self.shape)

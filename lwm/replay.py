@@ -65,7 +65,8 @@ class Replay:
             if key == "latent/stoch" and value.ndim == 3:
                 value = value.argmax(-1).astype(np.uint8 if value.shape[-1] <= 256 else np.int16)
             if value.shape[:1] != (self.streams,):
-                raise ValueError(f"Replay.add: {key!r} has leading shape {value.shape[:1]}, expected ({self.streams},).")
+                raise ValueError(
+                    f"Replay.add: {key!r} has leading shape {value.shape[:1]}, expected ({self.streams},).")
             if key not in self.data:
                 if self.count:
                     raise ValueError(f"Replay.add: key {key!r} was not in the first step; keys: {sorted(self.data)}.")

@@ -507,10 +507,6 @@ def test_unusable_observation_specs():
         Agent(specs.Array((4,), np.float32), ACT_SPEC, _config())
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "lwm.agent: Agent.__init__ runs dict(obs_spec) before obs_keys(), so a non-dict observation spec fails "
-    "with Python's bare \"'Array' object is not iterable\" instead of obs_keys' message 'The observation "
-    "spec must be a dict of dm_env specs'."))
 def test_non_dict_observation_spec_message():
     with pytest.raises(TypeError, match="must be a dict"):
         Agent(specs.Array((4,), np.float32), ACT_SPEC, _config())

@@ -181,12 +181,6 @@ def test_env_options_are_free_form():
     assert c.env.options.to_dict() == {"anything": [1, 2], "x": 1}
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "lwm.config: env.options is free-form only while it is empty. Once a preset has set it (tokenchoice sets "
-    "{num_choices, delay}), a later preset or nested update that adds a new option key raises "
-    "ConfigError('Unknown config key env.options.seed'): Config.update flattens 'env.options' as one leaf "
-    "and _coerce checks the mapping's keys against the current (non-empty) value; the dotted CLI form "
-    "works."))
 def test_env_options_free_form_after_preset(tmp_path):
     path = tmp_path / "seeded.yaml"
     path.write_text("env:\n  options: {seed: 3}\n")

@@ -46,7 +46,7 @@ def test_symlog_symexp_are_inverse(direction):
 
 # -------------------------------------------------------------------------------------------------- two-hot
 
-BINS = dists.twohot_bins(255, -20.0, 20.0)
+BINS = dists.twohot_bins(255, 20.0)
 
 
 def test_twohot_bins_layout():
@@ -130,11 +130,6 @@ def test_zero_init_heads_predict_zero():
     np.testing.assert_allclose(np.asarray(reward), 0.0, atol=1e-6)
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "lwm.dists: zero logits decode to -2.4e-07, not 0: jnp.linspace(-20, 20, 255) in float32 is not exactly "
-    "symmetric (bins[127] = -3.7e-08, bins[k] + bins[254-k] up to 1.9e-06) and twohot_mean's left-to-right "
-    "sum accumulates rounding; ALGORITHM.md wants first predictions of reward/critic to be 0 (needs "
-    "symmetric bins and a symmetric sum around the centre bin)."))
 def test_zero_init_heads_predict_exactly_zero():
     value, reward, _ = _zero_init_heads()
     np.testing.assert_array_equal(np.asarray(value), 0.0)
