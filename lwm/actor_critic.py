@@ -59,7 +59,8 @@ def sample_actions(heads, logits: dict[str, jax.Array], key: jax.Array, greedy: 
     keys = jax.random.split(key, len(heads))
     if greedy:
         return {h.name: jnp.argmax(logits[h.name], -1).astype(jnp.int32) for h in heads}
-    return {h.name: jax.random.categorical(k, logits[h.name], -1).astype(jnp.int32) for h, k in zip(heads, keys, strict=True)}
+    return {h.name: jax.random.categorical(k, logits[h.name], -1).astype(jnp.int32)
+            for h, k in zip(heads, keys, strict=True)}
 
 
 def onehot_actions(heads, idx: dict[str, jax.Array]) -> jax.Array:
