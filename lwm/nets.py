@@ -171,8 +171,46 @@ def upsample_conv(x: jax.Array, kernel: jax.Array, dtype) -> jax.Array:
     return y.reshape(n, h, w, 2, 2, out).transpose(0, 1, 3, 2, 4, 5).reshape(n, 2 * h, 2 * w, out)
 
 
-def _conv(x: jax.Array, kernel: jax.Array) -> jax.Array:
+def _xla_conv(x: jax.Array, kernel: jax.Array) -> jax.Array:
     return jax.lax.conv_general_dilated(x, kernel, (1, 1), "SAME", dimension_numbers=("NHWC", "HWIO", "NHWC"))
+
+
+@jax.custom_vjp
+def _tap_conv(x: jax.Array, kernel: jax.Array) -> jax.Array:
+    return _xla_conv(x, kernel)
+
+
+def _tap_conv_fwd(x, kernel):
+    return _xla_conv(x, kernel), (x, kernel)
+
+
+def _tap_conv_bwd(res, dy):
+    """Kernel gradient as one matmul per tap (x shifted by the tap, contracted with dy over all pixels).
+
+    XLA:CPU's own kernel-gradient convolution runs ~2.5x slower than these matmuls for the small channel
+    counts of Dreamer's CNNs; the input gradient keeps XLA's transposed convolution.
+    """
+    x, kernel = res
+    kh, kw, cin, cout = kernel.shape
+    _, vjp = jax.vjp(lambda v: _xla_conv(v, kernel), x)
+    (dx,) = vjp(dy)
+    n, h, w, _ = x.shape
+    ph, pw = kh // 2, kw // 2
+    xp = jnp.pad(x, ((0, 0), (ph, kh - 1 - ph), (pw, kw - 1 - pw), (0, 0)))
+    flat_dy = dy.reshape(-1, cout)
+    taps = [xp[:, i:i + h, j:j + w, :].reshape(-1, cin).T @ flat_dy for i in range(kh) for j in range(kw)]
+    dk = jnp.stack(taps).reshape(kh, kw, cin, cout).astype(kernel.dtype)
+    return dx, dk
+
+
+_tap_conv.defvjp(_tap_conv_fwd, _tap_conv_bwd)
+
+
+def _conv(x: jax.Array, kernel: jax.Array) -> jax.Array:
+    """Stride-1 'SAME' NHWC convolution; on CPU with the faster per-tap kernel gradient."""
+    if jax.default_backend() == "cpu":
+        return _tap_conv(x, kernel)
+    return _xla_conv(x, kernel)
 
 
 def _flat_batch(x: jax.Array, event_dims: int) -> tuple[jax.Array, tuple[int, ...]]:
