@@ -106,7 +106,7 @@ def main() -> None:
     peak_rss_gb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1e6
     result = {
         "preset": args.preset, "params": agent.param_count(), "batch": B, "length": T,
-        "image": H, "vocab": args.vocab, "dtype": config.jax.compute_dtype,
+        "image": H, "vocab": args.vocab, "dtype": jnp.dtype(agent.dtype).name,
         "device": str(jax.devices()[0].device_kind), "platform": jax.default_backend(),
         "cpu_count": __import__("os").cpu_count(), "machine": platform.machine(),
         "compile_s": round(compile_s, 2), "flops_per_update": flops,
@@ -118,7 +118,7 @@ def main() -> None:
         "peak_rss_gb": round(peak_rss_gb, 3), "timed_updates": len(times), "metrics_finite": finite,
     }
     print(f"preset {args.preset}: {agent.param_count() / 1e6:.2f}M params, batch {B}x{T}, image {H}x{W}x3 + tokens, "
-          f"{config.jax.compute_dtype} on {result['device']}")
+          f"{result['dtype']} on {result['device']}")
     print(f"  compile            {compile_s:8.2f} s")
     print(f"  FLOPs / update     {flops:10.3e}")
     print(f"  updates/s (median) {1 / median:8.3f}   ({median:.3f} s/update, min {min(times):.3f}, "

@@ -64,9 +64,12 @@ class Agent:
     def __init__(self, obs_spec: Mapping[str, Any], act_spec: Any, config):
         self.config = config
         cfg = config.agent
-        if config.jax.compute_dtype not in DTYPES:
-            raise ValueError(f"jax.compute_dtype={config.jax.compute_dtype!r} is not known; use one of {list(DTYPES)}.")
-        self.dtype = DTYPES[config.jax.compute_dtype]
+        name = config.jax.compute_dtype
+        if name == "auto":  # float32 on CPU (bf16 is no faster there), bfloat16 on GPU/TPU
+            name = "float32" if jax.default_backend() == "cpu" else "bfloat16"
+        if name not in DTYPES:
+            raise ValueError(f"jax.compute_dtype={name!r} is not known; use auto or one of {list(DTYPES)}.")
+        self.dtype = DTYPES[name]
         self.keys = obs_keys(obs_spec, cfg.obs_keys)
         self.obs_spec = dict(obs_spec)
         self.heads = ac.action_heads(act_spec)

@@ -510,3 +510,28 @@ def test_unusable_observation_specs():
 def test_non_dict_observation_spec_message():
     with pytest.raises(TypeError, match="must be a dict"):
         Agent(specs.Array((4,), np.float32), ACT_SPEC, _config())
+
+
+def test_bfloat16_compute_keeps_float32_parameters():
+    """The accelerator path (bf16 compute, float32 parameters) runs on CPU too and stays finite."""
+    cfg = config.load(["debug"], {"jax.compute_dtype": "bfloat16", "batch_length": 8})
+    spec = {"tokens": OBS_SPEC["tokens"], "vector": OBS_SPEC["vector"]}
+    agent = Agent(spec, specs.DiscreteArray(3, name="action"), cfg)
+    assert agent.dtype == jnp.bfloat16
+    batch = _batch(cfg, 1)
+    batch["obs"] = {k: batch["obs"][k] for k in spec}
+    batch["action"] = {"action": batch["action"]["move"]}
+    batch["start_action"] = {"action": batch["start_action"]["move"]}
+    ts = agent.init(0)
+    for _ in range(3):
+        ts, metrics, post = agent.train(ts, batch)
+    chex.assert_tree_all_finite(metrics)
+    assert all(x.dtype == jnp.float32 for x in jax.tree.leaves(ts["params"]))
+    assert agent.traces["train"] == 1
+
+
+def test_auto_compute_dtype_is_float32_on_cpu():
+    cfg = config.load(["debug"])
+    assert cfg.jax.compute_dtype == "auto"
+    agent = Agent({"vector": OBS_SPEC["vector"]}, specs.DiscreteArray(2, name="action"), cfg)
+    assert agent.dtype == jnp.float32
