@@ -141,13 +141,16 @@ class Agent:
         scale = {"reward": s.reward, "cont": s.cont, "dyn": s.dyn, "rep": s.rep}
         wm_total = sum(v * scale.get(k, s.rec) for k, v in wm_losses.items())  # [B, T]
 
-        # Imagination from every posterior state; the world model is frozen here (stop-gradient parameters).
-        wm_sg = nnx.merge(self.graph, sg(params)).wm
+        # Imagination from every posterior state. It needs no gradients at all (REINFORCE uses the log-probs
+        # recomputed below), so it runs on stop-gradient copies of world model and actor: no backward pass
+        # through the H-step scan.
+        frozen = nnx.merge(self.graph, sg(params))
+        wm_sg = frozen.wm
         B, T = batch["reward"].shape
         start = jax.tree.map(lambda x: sg(x).reshape((B * T,) + x.shape[2:]), post)
 
         def policy(state, k):
-            logits = nets.actor(sg(wm_sg.rssm.feat(state)))
+            logits = frozen.actor(wm_sg.rssm.feat(state))
             return ac.onehot_actions(self.heads, ac.sample_actions(self.heads, logits, k))
 
         states, img_actions = wm_sg.rssm.imagine(start, policy, cfg.imag.horizon, k_img)  # [N, H+1]
