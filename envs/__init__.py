@@ -15,3 +15,18 @@ register(
     defaults=_token_world.DEFAULTS,
     description=_token_world.DESCRIPTION,
 )
+
+from envs.defusal import env as _defusal_env  # noqa: E402
+
+register(
+    _defusal_env.NAME,
+    _defusal_env.make_defusal,
+    defaults=_defusal_env.DEFAULTS,
+    description=_defusal_env.DESCRIPTION,
+)
+register(
+    "defusal_small",
+    _defusal_env.make_defusal,
+    defaults=_defusal_env.SMALL_DEFAULTS,
+    description=_defusal_env.SMALL_DESCRIPTION,
+)

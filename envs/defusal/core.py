@@ -1,0 +1,745 @@
+"""Pure-JAX core of the multi-agent bomb-defusal graph world (Li et al., EMNLP 2023; ENVIRONMENTS.md §2).
+
+Everything here is a pure function of fixed-shape arrays: ``jit``-able and ``vmap``-able over thousands of
+worlds. ``Params`` is static (hashable Python values); pass it as a static argument.
+
+Per-agent action layout (int32 in ``0..8``)::
+
+    0      inspect the bomb in this room
+    1..5   go to room index k-1 (only along an edge; rooms are indices 0..num_rooms-1,
+           shown with the released map's labels 0, 3, 5, 6, 8)
+    6..8   apply the red / green / blue cutter
+
+Messages: per agent ``message_len`` ids in ``0..len(MESSAGE_WORDS)``; 0 is silence, id ``m >= 1`` is
+``MESSAGE_WORDS[m - 1]``. A message sent in a round is delivered to both teammates in the observation
+returned by that round's ``step`` (i.e. they read it before choosing the next round's actions).
+
+Text (``tokens``) is built inside ``jit`` from fixed-slot templates (word-id tables plus placeholders), then
+compacted (pads removed) and padded / truncated to ``token_len``.
+
+Conventions and choices where ENVIRONMENTS.md leaves room:
+
+* Bombs get phases ``(k % 3) + 1`` for bomb index k (5 bombs: 1, 2, 3, 1, 2 = two 1-phase, two 2-phase, one
+  3-phase); bombs are placed in distinct random rooms (so ``num_bombs <= num_rooms``).
+* A wrong-colour cut with an owned cutter on an active bomb is a *legal* action (the mask cannot know the
+  sequence) and counts as valid; under ``wrong_cut="explode"`` the bomb is lost (-1 reward if ``shaping``).
+* ``shaping`` adds +1 per correct cut (the defusing cut included). ``score`` counts only the 10·phases
+  defusal points (0..90).
+* The round ends after the three actions are applied one by one in a fresh random order.
+* Ending: termination when no bomb is active; truncation at ``max_rounds``. ``step`` on a finished state
+  returns it unchanged with zero reward.
+* Theory of mind: ``knows[i, k]``: agent i has inspected bomb k or was told its remaining sequence by a teammate
+  that knew it. ``knows_that[j, i, k]``: j knows that i knows k — set when j was in the room while i inspected
+  k (j sees "<name> inspected the bomb"), when i told j, or when j told i (delivery is guaranteed). A message
+  *tells* bomb k when k is active, it contains k's room label, and its colour words, in order, are exactly k's
+  remaining sequence (e.g. ``6 red blue``).
+"""
+
+from __future__ import annotations
+
+from typing import Any, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from envs.text import Vocabulary
+
+NUM_ACTIONS = 9
+NUM_COLOURS = 3
+MAX_ROOMS = 5
+MAX_PHASES = 3
+AGENT_NAMES: tuple[str, ...] = ("alpha", "bravo", "charlie")
+COLOUR_NAMES: tuple[str, ...] = ("red", "green", "blue")
+ROOM_LABELS: tuple[int, ...] = (0, 3, 5, 6, 8)
+RELEASED_EDGES: tuple[tuple[int, int], ...] = ((0, 3), (0, 5), (0, 6), (0, 8), (3, 8), (5, 6), (6, 8))
+ACTION_NAMES: tuple[str, ...] = (
+    "inspect",
+    *(f"go to room {label}" for label in ROOM_LABELS),
+    *(f"cut {c}" for c in COLOUR_NAMES),
+)
+MESSAGE_WORDS: tuple[str, ...] = (
+    *COLOUR_NAMES,
+    *(str(label) for label in ROOM_LABELS),
+    "bomb",
+    "room",
+    "need",
+    "help",
+    "here",
+    "done",
+    "come",
+    "wait",
+    "yes",
+    "no",
+)
+NUM_MESSAGE_IDS = len(MESSAGE_WORDS) + 1  # + silence (0)
+
+# Bomb status.
+ACTIVE, DEFUSED, EXPLODED = 0, 1, 2
+
+# Result codes (feedback of an agent's last action).
+(
+    R_START,
+    R_INSPECT_OK,
+    R_INSPECT_NONE,
+    R_MOVE_OK,
+    R_MOVE_BAD,
+    R_CUT_ADVANCE,
+    R_CUT_DEFUSED,
+    R_CUT_WRONG_NOOP,
+    R_CUT_WRONG_EXPLODE,
+    R_CUT_NO_TOOL,
+    R_CUT_NO_BOMB,
+) = range(11)
+
+# Template placeholders.
+P_COLOUR, P_ROOM, P_S0, P_S1, P_S2, P_LEFT = -1, -2, -3, -4, -5, -6
+RESULT_TEMPLATES: tuple[str, ...] = (
+    "the game started",
+    "you inspected the bomb its sequence is {s0} {s1} {s2}",
+    "you inspected but there is no bomb here",
+    "you moved to room {room}",
+    "you cannot go to room {room} from here",
+    "you cut {colour} correctly {left} phases left",
+    "you cut {colour} and defused the bomb",
+    "you cut {colour} wrong color apply other color tool first",
+    "you cut {colour} wrong color the bomb exploded",
+    "you do not have the {colour} cutter",
+    "you cut {colour} but there is no active bomb here",
+)
+_PLACEHOLDERS = {"{colour}": P_COLOUR, "{room}": P_ROOM, "{s0}": P_S0, "{s1}": P_S1, "{s2}": P_S2, "{left}": P_LEFT}
+TEMPLATE_LEN = 12
+_EXTRA_WORDS: tuple[str, ...] = ("round", "score", "contents", "phases", "left", "sequence", "says", "in")
+
+
+class Params(NamedTuple):
+    """Static world configuration (hashable); every ENVIRONMENTS.md §2 switch with its default."""
+
+    num_agents: int = 3
+    num_rooms: int = 5
+    num_bombs: int = 5
+    random_graph: bool = False
+    start: str = "same"  # "same" | "separate"
+    tools_per_agent: int = 2  # 2 | 1
+    wrong_cut: str = "noop"  # "noop" | "explode"
+    teammates: str = "hidden"  # "hidden" | "visible"
+    max_rounds: int = 30
+    shaping: bool = False
+    silence: bool = False
+    message_len: int = 4
+    token_len: int = 64
+
+
+class State(NamedTuple):
+    """World state: a pytree of fixed-shape arrays (A agents, B bombs, R rooms, M message length)."""
+
+    agent_room: jax.Array  # int32 [A]
+    adjacency: jax.Array  # bool [R, R]
+    bomb_room: jax.Array  # int32 [B]
+    bomb_seq: jax.Array  # int32 [B, 3] colour ids, -1 beyond the bomb's phases
+    bomb_phases: jax.Array  # int32 [B]
+    bomb_progress: jax.Array  # int32 [B] phases already cut
+    bomb_status: jax.Array  # int32 [B] ACTIVE / DEFUSED / EXPLODED
+    knows: jax.Array  # bool [A, B] i knows bomb k's sequence
+    knows_that: jax.Array  # bool [A, A, B] [j, i, k]: j knows that i knows k
+    witnessed: jax.Array  # bool [A, A] [j, i]: j saw i inspect this round
+    messages: jax.Array  # int32 [A, M] messages sent in the last round
+    last_action: jax.Array  # int32 [A]
+    last_result: jax.Array  # int32 [A]
+    valid_count: jax.Array  # int32 [A]
+    action_count: jax.Array  # int32 [A]
+    round: jax.Array  # int32 []
+    score: jax.Array  # int32 [] defusal points
+    explosions: jax.Array  # int32 []
+    messages_sent: jax.Array  # int32 []
+    completed_round: jax.Array  # int32 [] round at which no bomb was left active (max_rounds if never)
+    terminated: jax.Array  # bool []
+    done: jax.Array  # bool []
+
+
+# ---------------------------------------------------------------------------------------------
+# Parameters, vocabulary and static tables
+# ---------------------------------------------------------------------------------------------
+
+
+def check_params(params: Params) -> Params:
+    """Validates every switch; raises ValueError naming the bad value and what is allowed."""
+    if not isinstance(params, Params):
+        raise TypeError(f"expected defusal Params, got {type(params).__name__}")
+
+    def need(name: str, ok: bool, allowed: str) -> None:
+        if not ok:
+            raise ValueError(f"defusal: {name}={getattr(params, name)!r} is not allowed; allowed: {allowed}")
+
+    def is_int(v: Any) -> bool:
+        return isinstance(v, int) and not isinstance(v, bool)
+
+    need("num_agents", params.num_agents == 3 and is_int(params.num_agents), "3")
+    need("num_rooms", is_int(params.num_rooms) and 1 <= params.num_rooms <= MAX_ROOMS, f"1..{MAX_ROOMS}")
+    need(
+        "num_bombs",
+        is_int(params.num_bombs) and 1 <= params.num_bombs <= params.num_rooms,
+        f"1..num_rooms ({params.num_rooms})",
+    )
+    need("random_graph", isinstance(params.random_graph, bool), "True or False")
+    need("start", params.start in ("same", "separate"), "'same' or 'separate'")
+    need("tools_per_agent", params.tools_per_agent in (1, 2) and is_int(params.tools_per_agent), "1 or 2")
+    need("wrong_cut", params.wrong_cut in ("noop", "explode"), "'noop' or 'explode'")
+    need("teammates", params.teammates in ("hidden", "visible"), "'hidden' or 'visible'")
+    need("max_rounds", is_int(params.max_rounds) and 1 <= params.max_rounds <= 1000, "1..1000")
+    need("shaping", isinstance(params.shaping, bool), "True or False")
+    need("silence", isinstance(params.silence, bool), "True or False")
+    need("message_len", is_int(params.message_len) and 1 <= params.message_len <= 16, "1..16")
+    need("token_len", is_int(params.token_len) and 1 <= params.token_len <= 512, "1..512")
+    return params
+
+
+def bomb_phases(params: Params) -> np.ndarray:
+    """Phases of bomb k: ``k % 3 + 1`` (int32 [B])."""
+    return (np.arange(params.num_bombs) % MAX_PHASES + 1).astype(np.int32)
+
+
+def max_score(params: Params) -> int:
+    """Score for defusing every bomb (90 for the default world)."""
+    return int(10 * bomb_phases(params).sum())
+
+
+def tools(params: Params) -> np.ndarray:
+    """bool [A, 3]: 2 tools: alpha red+green, bravo green+blue, charlie blue+red; 1 tool: alpha red, ..."""
+    t = np.zeros((params.num_agents, NUM_COLOURS), dtype=bool)
+    for a in range(params.num_agents):
+        t[a, a % NUM_COLOURS] = True
+        if params.tools_per_agent == 2:
+            t[a, (a + 1) % NUM_COLOURS] = True
+    return t
+
+
+def released_adjacency(num_rooms: int = MAX_ROOMS) -> np.ndarray:
+    """The released fixed map (induced on its first ``num_rooms`` rooms), bool [R, R]."""
+    adj = np.zeros((MAX_ROOMS, MAX_ROOMS), dtype=bool)
+    for a, b in RELEASED_EDGES:
+        i, j = ROOM_LABELS.index(a), ROOM_LABELS.index(b)
+        adj[i, j] = adj[j, i] = True
+    return adj[:num_rooms, :num_rooms]
+
+
+def _max_number(params: Params) -> int:
+    return max(params.max_rounds, max_score(params), max(ROOM_LABELS), MAX_PHASES)
+
+
+def vocabulary(params: Params) -> Vocabulary:
+    """The world's closed vocabulary: template words, names, colours, message words, numbers 0..N."""
+    words: list[str] = []
+    for text in RESULT_TEMPLATES:
+        words += [w for w in text.split() if not w.startswith("{")]
+    words += [str(n) for n in range(_max_number(params) + 1)]  # contiguous ids: id(str(n)) = id("0") + n
+    words += [*_EXTRA_WORDS, *AGENT_NAMES, *COLOUR_NAMES, *MESSAGE_WORDS]
+    return Vocabulary(words)
+
+
+class _Tables(NamedTuple):
+    templates: np.ndarray  # int32 [num_results, TEMPLATE_LEN] word ids / placeholders
+    colour: np.ndarray  # int32 [3]
+    name: np.ndarray  # int32 [A]
+    number0: int  # id of "0"; numbers are contiguous
+    room_label: np.ndarray  # int32 [MAX_ROOMS] word ids of the labels
+    message_to_vocab: np.ndarray  # int32 [NUM_MESSAGE_IDS]
+    message_colour: np.ndarray  # int32 [NUM_MESSAGE_IDS] colour id or -1
+    message_room: np.ndarray  # int32 [NUM_MESSAGE_IDS] room index or -1
+    w: dict[str, int]
+
+
+def _tables(params: Params) -> _Tables:
+    vocab = vocabulary(params)
+    templates = np.zeros((len(RESULT_TEMPLATES), TEMPLATE_LEN), dtype=np.int32)
+    for r, text in enumerate(RESULT_TEMPLATES):
+        for p, word in enumerate(text.split()):
+            templates[r, p] = _PLACEHOLDERS[word] if word.startswith("{") else vocab.id(word)
+    msg_vocab = np.array([0] + [vocab.id(w) for w in MESSAGE_WORDS], dtype=np.int32)
+    msg_colour = np.full(NUM_MESSAGE_IDS, -1, dtype=np.int32)
+    msg_room = np.full(NUM_MESSAGE_IDS, -1, dtype=np.int32)
+    for m, word in enumerate(MESSAGE_WORDS, start=1):
+        if word in COLOUR_NAMES:
+            msg_colour[m] = COLOUR_NAMES.index(word)
+        if word.isdigit() and int(word) in ROOM_LABELS:
+            msg_room[m] = ROOM_LABELS.index(int(word))
+    return _Tables(
+        templates=templates,
+        colour=np.array([vocab.id(c) for c in COLOUR_NAMES], dtype=np.int32),
+        name=np.array([vocab.id(n) for n in AGENT_NAMES[: params.num_agents]], dtype=np.int32),
+        number0=vocab.id("0"),
+        room_label=np.array([vocab.id(str(label)) for label in ROOM_LABELS], dtype=np.int32),
+        message_to_vocab=msg_vocab,
+        message_colour=msg_colour,
+        message_room=msg_room,
+        w={
+            w: vocab.id(w)
+            for w in (
+                "bomb",
+                "round",
+                "score",
+                "room",
+                "contents",
+                "phases",
+                "left",
+                "sequence",
+                "says",
+                "in",
+                "inspected",
+                "the",
+            )
+        },
+    )
+
+
+def message_ids(words: str) -> list[int]:
+    """Message ids of a space-separated message, e.g. ``message_ids("6 red blue") == [5, 1, 3]``."""
+    return [MESSAGE_WORDS.index(w) + 1 for w in words.split()]
+
+
+def vector_size(params: Params) -> int:
+    """Length of the per-agent ``vector`` observation."""
+    a = params.num_agents
+    return MAX_ROOMS + NUM_COLOURS + a + 3 + MAX_PHASES * NUM_COLOURS + 2 + a * MAX_ROOMS + a
+
+
+# ---------------------------------------------------------------------------------------------
+# Reset
+# ---------------------------------------------------------------------------------------------
+
+
+def random_adjacency(key: jax.Array, num_rooms: int, extra_prob: float = 0.5) -> jax.Array:
+    """A random connected graph: a random spanning tree plus each other edge with prob ``extra_prob``."""
+    k_perm, k_par, k_extra = jax.random.split(key, 3)
+    r = num_rooms
+    order = jax.random.permutation(k_perm, r)
+    adj = jnp.zeros((r, r), dtype=bool)
+    if r > 1:
+        pos = jnp.arange(1, r)
+        parent_pos = jnp.floor(jax.random.uniform(k_par, (r - 1,)) * pos).astype(jnp.int32)
+        child, parent = order[pos], order[parent_pos]
+        adj = adj.at[child, parent].set(True).at[parent, child].set(True)
+        extra = jax.random.bernoulli(k_extra, extra_prob, (r, r))
+        extra = jnp.triu(extra, 1)
+        adj = adj | extra | extra.T
+    return adj
+
+
+def reset(key: jax.Array, params: Params) -> tuple[dict[str, jax.Array], State]:
+    """Starts an episode; returns (observation, state). Observation arrays have a leading agent axis."""
+    a, b, r, m = params.num_agents, params.num_bombs, params.num_rooms, params.message_len
+    k_graph, k_bomb, k_seq, k_start = jax.random.split(key, 4)
+    if params.random_graph:
+        adjacency = random_adjacency(k_graph, r)
+    else:
+        adjacency = jnp.asarray(released_adjacency(r))
+    bomb_room = jax.random.permutation(k_bomb, r)[:b].astype(jnp.int32)
+    phases = jnp.asarray(bomb_phases(params))
+    perms = jax.vmap(lambda k: jax.random.permutation(k, NUM_COLOURS))(jax.random.split(k_seq, b))
+    seq = jnp.where(jnp.arange(MAX_PHASES)[None, :] < phases[:, None], perms, -1).astype(jnp.int32)
+    if params.start == "same":
+        agent_room = jnp.full((a,), jax.random.randint(k_start, (), 0, r), dtype=jnp.int32)
+    elif r >= a:
+        agent_room = jax.random.permutation(k_start, r)[:a].astype(jnp.int32)
+    else:
+        agent_room = jax.random.randint(k_start, (a,), 0, r).astype(jnp.int32)
+    zero = jnp.zeros((), jnp.int32)
+    state = State(
+        agent_room=agent_room,
+        adjacency=adjacency,
+        bomb_room=bomb_room,
+        bomb_seq=seq,
+        bomb_phases=phases,
+        bomb_progress=jnp.zeros((b,), jnp.int32),
+        bomb_status=jnp.zeros((b,), jnp.int32),
+        knows=jnp.zeros((a, b), bool),
+        knows_that=jnp.zeros((a, a, b), bool),
+        witnessed=jnp.zeros((a, a), bool),
+        messages=jnp.zeros((a, m), jnp.int32),
+        last_action=jnp.full((a,), -1, jnp.int32),
+        last_result=jnp.full((a,), R_START, jnp.int32),
+        valid_count=jnp.zeros((a,), jnp.int32),
+        action_count=jnp.zeros((a,), jnp.int32),
+        round=zero,
+        score=zero,
+        explosions=zero,
+        messages_sent=zero,
+        completed_round=jnp.asarray(params.max_rounds, jnp.int32),
+        terminated=jnp.zeros((), bool),
+        done=jnp.zeros((), bool),
+    )
+    return observe(state, params), state
+
+
+# ---------------------------------------------------------------------------------------------
+# Step
+# ---------------------------------------------------------------------------------------------
+
+
+def action_mask(state: State, params: Params) -> jax.Array:
+    """bool [A, 9]: legal actions per agent (inspect / move along an edge / cut with an owned cutter)."""
+    r = params.num_rooms
+    here = state.bomb_room[None, :] == state.agent_room[:, None]  # [A, B]
+    active_here = jnp.any(here & (state.bomb_status == ACTIVE)[None, :], axis=1)  # [A]
+    moves = state.adjacency[state.agent_room]  # [A, R]
+    moves = jnp.pad(moves, ((0, 0), (0, MAX_ROOMS - r)))
+    cuts = jnp.asarray(tools(params)) & active_here[:, None]
+    return jnp.concatenate([active_here[:, None], moves, cuts], axis=1)
+
+
+def _apply_one(agent: jax.Array, action: jax.Array, carry: tuple[Any, ...], params: Params) -> tuple[Any, ...]:
+    """Applies one agent's action to the partial round state (one-hot arithmetic, no Python control flow)."""
+    (
+        room,
+        progress,
+        status,
+        knows,
+        knows_that,
+        witnessed,
+        result,
+        valid,
+        reward,
+        score,
+        explosions,
+        seq,
+        bomb_room,
+        adjacency,
+        phases,
+    ) = carry
+    a_n = params.num_agents
+    tool = jnp.asarray(tools(params))
+    agents = jnp.arange(a_n)
+    is_me = agents == agent
+    my_room = room[agent]
+    bomb_here = (bomb_room == my_room) & (status == ACTIVE)  # [B] one-hot or empty
+    active = jnp.any(bomb_here)
+    k = jnp.argmax(bomb_here)
+    prog_k = progress[k]
+    next_colour = seq[k, jnp.minimum(prog_k, MAX_PHASES - 1)]
+
+    is_inspect = action == 0
+    is_move = (action >= 1) & (action <= MAX_ROOMS)
+    is_cut = action >= 1 + MAX_ROOMS
+    target = jnp.clip(action - 1, 0, params.num_rooms - 1)
+    colour = jnp.clip(action - 1 - MAX_ROOMS, 0, NUM_COLOURS - 1)
+    move_ok = is_move & (action - 1 < params.num_rooms) & adjacency[my_room, target]
+    owned = tool[agent, colour]
+    cut_ok = is_cut & owned & active
+    right = cut_ok & (next_colour == colour)
+    wrong = cut_ok & (next_colour != colour)
+    inspect_ok = is_inspect & active
+    defuse = right & (prog_k + 1 >= phases[k])
+    explode = wrong & (params.wrong_cut == "explode")
+
+    # Inspect: the inspector learns k; everyone else in the room sees it happen.
+    onehot_k = bomb_here & inspect_ok
+    knows = knows | (is_me[:, None] & onehot_k[None, :])
+    present = (room == my_room) & ~is_me  # [A]
+    knows_that = knows_that | (present[:, None, None] & is_me[None, :, None] & onehot_k[None, None, :])
+    knows_that = knows_that | (is_me[:, None, None] & is_me[None, :, None] & onehot_k[None, None, :])
+    witnessed = witnessed | (present[:, None] & is_me[None, :] & inspect_ok)
+
+    # Move, cut.
+    room = jnp.where(is_me & move_ok, target, room)
+    cut_k = bomb_here & right
+    progress = progress + cut_k.astype(jnp.int32)
+    status = jnp.where(bomb_here & defuse, DEFUSED, status)
+    status = jnp.where(bomb_here & explode, EXPLODED, status)
+    points = jnp.where(defuse, 10 * phases[k], 0)
+    score = score + points
+    reward = reward + points.astype(jnp.float32)
+    if params.shaping:
+        reward = reward + right.astype(jnp.float32) - explode.astype(jnp.float32)
+    explosions = explosions + explode.astype(jnp.int32)
+
+    code = jnp.select(
+        [
+            is_inspect & inspect_ok,
+            is_inspect,
+            move_ok,
+            is_move,
+            defuse,
+            right,
+            explode,
+            wrong,
+            is_cut & ~owned,
+        ],
+        [
+            R_INSPECT_OK,
+            R_INSPECT_NONE,
+            R_MOVE_OK,
+            R_MOVE_BAD,
+            R_CUT_DEFUSED,
+            R_CUT_ADVANCE,
+            R_CUT_WRONG_EXPLODE,
+            R_CUT_WRONG_NOOP,
+            R_CUT_NO_TOOL,
+        ],
+        R_CUT_NO_BOMB,
+    )
+    result = jnp.where(is_me, code, result)
+    valid = valid | (is_me & (inspect_ok | move_ok | cut_ok))
+    return (
+        room,
+        progress,
+        status,
+        knows,
+        knows_that,
+        witnessed,
+        result,
+        valid,
+        reward,
+        score,
+        explosions,
+        seq,
+        bomb_room,
+        adjacency,
+        phases,
+    )
+
+
+def _tells(messages: jax.Array, state: State, params: Params) -> jax.Array:
+    """bool [A, B]: the message of sender i names bomb k's remaining sequence (k active)."""
+    t = _tables(params)
+    rooms = jnp.asarray(t.message_room)[messages]  # [A, M]
+    cols = jnp.asarray(t.message_colour)[messages]  # [A, M]
+    names_room = jnp.any(rooms[:, None, :] == state.bomb_room[None, :, None], axis=-1)  # [A, B]
+    # Colour words of the message, compacted in order, first MAX_PHASES of them; count them.
+    is_col = cols >= 0
+    pos = jnp.cumsum(is_col, axis=1) - 1
+    n_col = is_col.sum(axis=1)  # [A]
+    slots = jnp.arange(MAX_PHASES)
+    # said[i, s] = colour at colour-position s (or -1)
+    said = jnp.max(
+        jnp.where(is_col[:, :, None] & (pos[:, :, None] == slots[None, None, :]), cols[:, :, None], -1), axis=1
+    )
+    # remaining sequence of each bomb, left-aligned: rem[k, s] = seq[k, progress + s]
+    idx = state.bomb_progress[:, None] + slots[None, :]
+    rem = jnp.where(idx < MAX_PHASES, jnp.take_along_axis(state.bomb_seq, jnp.minimum(idx, MAX_PHASES - 1), 1), -1)
+    n_rem = state.bomb_phases - state.bomb_progress  # [B]
+    same = jnp.all(said[:, None, :] == rem[None, :, :], axis=-1) & (n_col[:, None] == n_rem[None, :])
+    return names_room & same & (state.bomb_status == ACTIVE)[None, :]
+
+
+def step(
+    key: jax.Array, state: State, actions: jax.Array, messages: jax.Array, params: Params
+) -> tuple[dict[str, jax.Array], State, jax.Array, jax.Array, dict[str, jax.Array]]:
+    """One round: ``actions`` int32 [A] in 0..8, ``messages`` int32 [A, M] in 0..NUM_MESSAGE_IDS-1.
+
+    Returns (observation, state, team reward float32 [], done bool [], info). Out-of-range ids are clipped
+    here (the host adapter validates them); a finished state is returned unchanged with reward 0.
+    """
+    new_state, reward, info = step_state(key, state, actions, messages, params)
+    return observe(new_state, params), new_state, reward, new_state.done, info
+
+
+def step_state(
+    key: jax.Array, state: State, actions: jax.Array, messages: jax.Array, params: Params
+) -> tuple[State, jax.Array, dict[str, jax.Array]]:
+    """``step`` without building the observation: (state, reward, info)."""
+    a_n = params.num_agents
+    actions = jnp.clip(jnp.asarray(actions, jnp.int32), 0, NUM_ACTIONS - 1)
+    messages = jnp.clip(jnp.asarray(messages, jnp.int32), 0, NUM_MESSAGE_IDS - 1)
+    if params.silence:
+        messages = jnp.zeros_like(messages)
+    order = jax.random.permutation(key, a_n)
+    carry = (
+        state.agent_room,
+        state.bomb_progress,
+        state.bomb_status,
+        state.knows,
+        state.knows_that,
+        jnp.zeros((a_n, a_n), bool),
+        state.last_result,
+        jnp.zeros((a_n,), bool),
+        jnp.zeros((), jnp.float32),
+        state.score,
+        state.explosions,
+        state.bomb_seq,
+        state.bomb_room,
+        state.adjacency,
+        state.bomb_phases,
+    )
+    for p in range(a_n):
+        agent = order[p]
+        carry = _apply_one(agent, actions[agent], carry, params)
+    room, progress, status, knows, knows_that, witnessed, result, valid, reward, score, explosions = carry[:11]
+
+    # Messages: a sender who knows k and names k's remaining sequence tells both teammates.
+    tells = _tells(messages, state._replace(bomb_progress=progress, bomb_status=status), params) & knows  # [A, B]
+    others = ~jnp.eye(a_n, dtype=bool)  # [i, j]
+    told = others[:, :, None] & tells[:, None, :]  # [i(sender), j(receiver), k]
+    knows = knows | jnp.any(told, axis=0)
+    knows_that = knows_that | told.transpose(1, 0, 2) | told  # receiver knows sender knows; sender knows receiver
+    sent = jnp.sum(jnp.any(messages > 0, axis=1)).astype(jnp.int32)
+
+    rnd = state.round + 1
+    no_active = jnp.all(status != ACTIVE)
+    new = State(
+        agent_room=room,
+        adjacency=state.adjacency,
+        bomb_room=state.bomb_room,
+        bomb_seq=state.bomb_seq,
+        bomb_phases=state.bomb_phases,
+        bomb_progress=progress,
+        bomb_status=status,
+        knows=knows,
+        knows_that=knows_that,
+        witnessed=witnessed,
+        messages=messages,
+        last_action=actions,
+        last_result=result,
+        valid_count=state.valid_count + valid.astype(jnp.int32),
+        action_count=state.action_count + 1,
+        round=rnd,
+        score=score,
+        explosions=explosions,
+        messages_sent=state.messages_sent + sent,
+        completed_round=jnp.where(no_active, rnd, state.completed_round),
+        terminated=no_active,
+        done=no_active | (rnd >= params.max_rounds),
+    )
+    new = jax.tree.map(lambda old, nw: jnp.where(state.done, old, nw), state, new)
+    reward = jnp.where(state.done, 0.0, reward)
+    valid = valid & ~state.done
+    info = {
+        "valid": valid,
+        "result": new.last_result,
+        "terminated": new.terminated,
+        "truncated": new.done & ~new.terminated,
+        **theory_of_mind(new),
+    }
+    return new, reward, info
+
+
+def theory_of_mind(state: State) -> dict[str, jax.Array]:
+    """Ground truth for agent i, teammate j, bomb k (diagonal j == i is i itself).
+
+    ``tom_introspection`` [i, k]: i knows k's sequence; ``tom_first_order`` [i, j, k]: j knows it;
+    ``tom_second_order`` [i, j, k]: j knows that i knows it.
+    """
+    a = state.knows.shape[0]
+    return {
+        "tom_introspection": state.knows,
+        "tom_first_order": jnp.broadcast_to(state.knows[None, :, :], (a, *state.knows.shape)),
+        "tom_second_order": state.knows_that.transpose(1, 0, 2),
+    }
+
+
+# ---------------------------------------------------------------------------------------------
+# Observation
+# ---------------------------------------------------------------------------------------------
+
+
+def remaining_sequence(state: State) -> jax.Array:
+    """int32 [B, 3]: each bomb's remaining colours left-aligned, -1 padded (all -1 once inactive)."""
+    slots = jnp.arange(MAX_PHASES)
+    idx = state.bomb_progress[:, None] + slots[None, :]
+    rem = jnp.take_along_axis(state.bomb_seq, jnp.minimum(idx, MAX_PHASES - 1), 1)
+    ok = (idx < state.bomb_phases[:, None]) & (state.bomb_status == ACTIVE)[:, None]
+    return jnp.where(ok, rem, -1)
+
+
+def _compact(tokens: jax.Array, length: int) -> jax.Array:
+    """Removes pads (0) keeping order; pads / truncates to ``length``."""
+    keep = tokens > 0
+    pos = jnp.where(keep, jnp.cumsum(keep) - 1, length)
+    return jnp.zeros((length,), jnp.int32).at[pos].set(tokens, mode="drop")
+
+
+def observe(state: State, params: Params) -> dict[str, jax.Array]:
+    """Per-agent observations stacked on a leading agent axis: ``vector`` float32 [A, D], ``action_mask``
+    bool [A, 9], ``tokens`` int32 [A, token_len]."""
+    a_n = params.num_agents
+    t = _tables(params)
+    w = t.w
+    agents = jnp.arange(a_n)
+    rem = remaining_sequence(state)  # [B, 3]
+    mask = action_mask(state, params)
+    tool = jnp.asarray(tools(params))
+    number = lambda n: t.number0 + n  # noqa: E731
+    colour_word = lambda c: jnp.where(c >= 0, jnp.asarray(t.colour)[jnp.maximum(c, 0)], 0)  # noqa: E731
+    room_word = jnp.asarray(t.room_label)
+    names = jnp.asarray(t.name)
+    templates = jnp.asarray(t.templates)
+    msg_words = jnp.asarray(t.message_to_vocab)
+    visible = params.teammates == "visible"
+
+    def one(i: jax.Array) -> tuple[jax.Array, jax.Array]:
+        my_room = state.agent_room[i]
+        here = (state.bomb_room == my_room) & (state.bomb_status == ACTIVE)
+        present = jnp.any(here)
+        k = jnp.argmax(here)
+        known = state.knows[i, k] & present
+        left = jnp.where(present, state.bomb_phases[k] - state.bomb_progress[k], 0)
+        seq_here = jnp.where(known, rem[k], -1)  # [3]
+        others = (state.agent_room == my_room) & (agents != i)
+
+        # -- vector
+        room_oh = jax.nn.one_hot(my_room, MAX_ROOMS)
+        who = (state.agent_room == my_room).astype(jnp.float32)
+        seq_oh = jax.nn.one_hot(seq_here, NUM_COLOURS).reshape(-1)  # -1 -> zeros
+        mates = jax.nn.one_hot(state.agent_room, MAX_ROOMS) * (agents != i)[:, None]
+        mates = mates * visible
+        vec = jnp.concatenate(
+            [
+                room_oh,
+                tool[i].astype(jnp.float32),
+                who,
+                jnp.stack([present, left / MAX_PHASES, known]).astype(jnp.float32),
+                seq_oh,
+                jnp.stack([state.score / max(max_score(params), 1), state.round / params.max_rounds]),
+                mates.reshape(-1),
+                jax.nn.one_hot(i, a_n),
+            ]
+        ).astype(jnp.float32)
+
+        # -- tokens (fixed slots, compacted)
+        act = state.last_action[i]
+        fill = {
+            P_COLOUR: colour_word(jnp.clip(act - 1 - MAX_ROOMS, 0, NUM_COLOURS - 1)),
+            P_ROOM: room_word[jnp.clip(act - 1, 0, MAX_ROOMS - 1)],
+            P_S0: colour_word(jnp.where(present, rem[k, 0], -1)),
+            P_S1: colour_word(jnp.where(present, rem[k, 1], -1)),
+            P_S2: colour_word(jnp.where(present, rem[k, 2], -1)),
+            P_LEFT: number(left),
+        }
+        tpl = templates[state.last_result[i]]
+        res = tpl
+        for ph, val in fill.items():
+            res = jnp.where(tpl == ph, val, res)
+        header = jnp.stack([w["round"], number(state.round), w["score"], number(state.score)])
+        contents = jnp.concatenate(
+            [
+                jnp.stack([w["room"], room_word[my_room], w["contents"], jnp.where(present, w["bomb"], 0)]),
+                jnp.where(others, names, 0),
+            ]
+        )
+        bomb = jnp.stack(
+            [
+                jnp.where(present, w["bomb"], 0),
+                jnp.where(present, number(left), 0),
+                jnp.where(present, w["phases"], 0),
+                jnp.where(present, w["left"], 0),
+                jnp.where(known, w["sequence"], 0),
+                *[colour_word(seq_here[s]) for s in range(MAX_PHASES)],
+            ]
+        )
+        parts = [header, res, contents, bomb]
+        for j in range(a_n):
+            me = i == j
+            saw = state.witnessed[i, j] & ~me
+            parts.append(jnp.where(saw, jnp.stack([names[j], w["inspected"], w["the"], w["bomb"]]), 0))
+            if visible:
+                parts.append(
+                    jnp.where(~me, jnp.stack([names[j], w["in"], w["room"], room_word[state.agent_room[j]]]), 0)
+                )
+            if not params.silence:
+                msg = state.messages[j]
+                speaks = jnp.any(msg > 0) & ~me
+                parts.append(jnp.where(speaks, jnp.concatenate([jnp.stack([names[j], w["says"]]), msg_words[msg]]), 0))
+        tokens = _compact(jnp.concatenate(parts), params.token_len)
+        return vec, tokens
+
+    vector, tokens = jax.vmap(one)(agents)
+    return {"vector": vector, "action_mask": mask, "tokens": tokens}
