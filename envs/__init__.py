@@ -30,3 +30,12 @@ register(
     defaults=_defusal_env.SMALL_DEFAULTS,
     description=_defusal_env.SMALL_DESCRIPTION,
 )
+
+from envs import gym_adapter as _gym_adapter  # noqa: E402
+
+register(
+    _gym_adapter.NAME,
+    _gym_adapter.make_minigrid,
+    defaults=_gym_adapter.DEFAULTS,
+    description=_gym_adapter.DESCRIPTION,
+)
