@@ -39,3 +39,9 @@ register(
     defaults=_gym_adapter.DEFAULTS,
     description=_gym_adapter.DESCRIPTION,
 )
+
+from envs import hinted_grid as _hinted_grid  # noqa: E402
+
+for _name, (_cls, _sizes, _about) in _hinted_grid.WORLDS.items():
+    register(_name, _hinted_grid.factory(_name), defaults=_hinted_grid.DEFAULTS, description=_about)
+del _name, _cls, _sizes, _about
