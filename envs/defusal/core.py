@@ -30,7 +30,8 @@ Conventions and choices where ENVIRONMENTS.md leaves room:
   returns it unchanged with zero reward.
 * Theory of mind: ``knows[i, k]``: agent i has inspected bomb k or was told its remaining sequence by a teammate
   that knew it. ``knows_that[j, i, k]``: j knows that i knows k — set when j was in the room while i inspected
-  k (j sees "<name> inspected the bomb"), when i told j, or when j told i (delivery is guaranteed). A message
+  k (j sees "<name> inspected the bomb"), or when any agent told k to the team (a message reaches both
+  teammates, so a told sequence becomes common knowledge: every j knows that every i knows it). A message
   *tells* bomb k when k is active, it contains k's room label, and its colour words, in order, are exactly k's
   remaining sequence (e.g. ``6 red blue``).
 """
@@ -570,7 +571,8 @@ def step_state(
     others = ~jnp.eye(a_n, dtype=bool)  # [i, j]
     told = others[:, :, None] & tells[:, None, :]  # [i(sender), j(receiver), k]
     knows = knows | jnp.any(told, axis=0)
-    knows_that = knows_that | told.transpose(1, 0, 2) | told  # receiver knows sender knows; sender knows receiver
+    # A message reaches the whole team, so the told bomb becomes common knowledge: everyone knows everyone knows.
+    knows_that = knows_that | jnp.any(told, axis=(0, 1))[None, None, :]
     sent = jnp.sum(jnp.any(messages > 0, axis=1)).astype(jnp.int32)
 
     rnd = state.round + 1

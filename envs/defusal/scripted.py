@@ -1,0 +1,149 @@
+"""Scripted teams for the defusal world, as pure JAX policies ``policy(key, state, params) -> (actions, messages)``.
+
+* :func:`random_legal` — each agent picks uniformly among its legal actions; silent.
+* :func:`heuristic` — decentralised: each agent acts on what it has seen or been told (``state.knows``) and on
+  what it believes its teammates know (``state.knows_that``); it inspects unknown bombs, announces the bomb
+  here as ``"<room label> <colours...>"``, cuts with its own tools (the lowest-index capable agent in the room
+  cuts, so two agents never cut one bomb in a round), and otherwise walks (shortest path) to a known bomb whose
+  next colour it owns, else to an uninspected bomb, else to a known bomb where it owns a later colour. Bomb
+  status (defused / exploded) is treated as public, like the team score.
+* :func:`planner` — centralised with full information (all sequences, all positions): every agent walks to the
+  nearest bomb whose next colour it owns and the lowest-index capable agent cuts. Greedy, not optimal.
+
+:func:`evaluate` runs any of them over many seeds at once (``vmap`` over worlds, ``lax.scan`` over rounds).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from envs.defusal import core
+
+Policy = Callable[[jax.Array, core.State, core.Params], tuple[jax.Array, jax.Array]]
+_BIG = 1000
+
+
+def distances(adjacency: jax.Array) -> jax.Array:
+    """All-pairs shortest path lengths (int32 [R, R]; ``_BIG`` if unreachable) by Floyd–Warshall."""
+    r = adjacency.shape[0]
+    d = jnp.where(adjacency, 1, _BIG)
+    d = jnp.where(jnp.eye(r, dtype=bool), 0, d)
+    for m in range(r):
+        d = jnp.minimum(d, d[:, m : m + 1] + d[m : m + 1, :])
+    return d
+
+
+def _random_legal_actions(key: jax.Array, mask: jax.Array) -> jax.Array:
+    g = jax.random.gumbel(key, mask.shape)
+    return jnp.argmax(jnp.where(mask, g, -jnp.inf), axis=-1).astype(jnp.int32)
+
+
+def random_legal(key: jax.Array, state: core.State, params: core.Params) -> tuple[jax.Array, jax.Array]:
+    """Uniform over each agent's legal actions; no messages."""
+    mask = core.action_mask(state, params)
+    return _random_legal_actions(key, mask), jnp.zeros((params.num_agents, params.message_len), jnp.int32)
+
+
+def _team_policy(key: jax.Array, state: core.State, params: core.Params, full_info: bool) -> tuple[jax.Array, ...]:
+    a_n, m_len = params.num_agents, params.message_len
+    tool = jnp.asarray(core.tools(params))  # [A, 3]
+    rem = core.remaining_sequence(state)  # [B, 3]
+    active = state.bomb_status == core.ACTIVE
+    next_col = rem[:, 0]
+    owns_next = (next_col[None, :] >= 0) & tool[:, jnp.maximum(next_col, 0)]  # [A, B]
+    owns_col = (rem[None, :, :] >= 0) & tool[:, jnp.maximum(rem, 0)]  # [A, B, 3]
+    owns_any = jnp.any(owns_col, axis=-1)  # [A, B]
+    dist = distances(state.adjacency)
+    mask = core.action_mask(state, params)
+    agents = jnp.arange(a_n)
+    k_tie, k_fallback = jax.random.split(key)
+    ties = jax.random.uniform(k_tie, (a_n, params.num_bombs)) * 0.5
+
+    def one(a: jax.Array) -> tuple[jax.Array, jax.Array]:
+        my_room = state.agent_room[a]
+        here = (state.bomb_room == my_room) & active
+        present = jnp.any(here)
+        kh = jnp.argmax(here)
+        if full_info:
+            know = jnp.ones_like(active)
+            believed = jnp.ones((a_n,), bool)
+        else:
+            know = state.knows[a]
+            believed = jnp.where(agents == a, know[kh], state.knows_that[a, :, kh])
+        in_room = state.agent_room == my_room
+        cutters = in_room & believed & owns_next[:, kh] & present
+        designated = cutters[a] & (jnp.argmax(cutters) == a)
+        cat1 = active & know & owns_next[a] & ~(here & present)
+        cat2 = active & ~know
+        cat3 = active & know & owns_any[a]
+        prio = jnp.where(cat1, 0, jnp.where(cat2, 1, jnp.where(cat3, 2, 9)))
+        cost = prio * 100 + dist[my_room, state.bomb_room] + ties[a]
+        best = jnp.argmin(cost)
+        has_target = prio[best] < 9
+        target_room = state.bomb_room[best]
+        hop_cost = jnp.where(state.adjacency[my_room], dist[:, target_room], _BIG)
+        hop = jnp.argmin(hop_cost)
+        move = jnp.where(target_room == my_room, 0, 1 + hop)
+        act = jnp.where(
+            present & ~know[kh],
+            0,
+            jnp.where(designated, 1 + core.MAX_ROOMS + jnp.maximum(next_col[kh], 0), jnp.where(has_target, move, -1)),
+        )
+        # Announce the bomb here: "<room label> <remaining colours>".
+        say = present & know[kh] & jnp.logical_not(full_info)
+        words = jnp.concatenate([jnp.stack([1 + core.NUM_COLOURS + my_room]), jnp.where(rem[kh] >= 0, 1 + rem[kh], 0)])
+        words = jnp.pad(words, (0, max(0, m_len - words.shape[0])))[:m_len]
+        return act.astype(jnp.int32), jnp.where(say, words, 0).astype(jnp.int32)
+
+    acts, msgs = jax.vmap(one)(agents)
+    legal = jnp.take_along_axis(mask, jnp.maximum(acts, 0)[:, None], 1)[:, 0] & (acts >= 0)
+    safe = mask.at[:, 1 + core.MAX_ROOMS :].set(False)  # never fall back to a (possibly wrong) cut
+    acts = jnp.where(legal, acts, _random_legal_actions(k_fallback, safe))
+    return acts, msgs
+
+
+def heuristic(key: jax.Array, state: core.State, params: core.Params) -> tuple[jax.Array, jax.Array]:
+    """Decentralised explore / inspect / announce / cut team (see module docstring)."""
+    return _team_policy(key, state, params, full_info=False)
+
+
+def planner(key: jax.Array, state: core.State, params: core.Params) -> tuple[jax.Array, jax.Array]:
+    """Centralised full-information greedy team (see module docstring)."""
+    return _team_policy(key, state, params, full_info=True)
+
+
+TEAMS: dict[str, Policy] = {"random_legal": random_legal, "heuristic": heuristic, "planner": planner}
+
+
+def evaluate(policy: Policy, params: core.Params, key: jax.Array, num_episodes: int) -> dict[str, np.ndarray]:
+    """Runs ``num_episodes`` episodes in parallel; returns per-episode score, rounds, valid_pct, explosions."""
+    run = _runner(policy, params, num_episodes)
+    out = run(key)
+    return {k: np.asarray(v) for k, v in out.items()}
+
+
+def _runner(policy: Policy, params: core.Params, num_episodes: int) -> Callable[[jax.Array], dict]:
+    def episode(key: jax.Array) -> dict[str, jax.Array]:
+        k_reset, k_run = jax.random.split(key)
+        _, state = core.reset(k_reset, params)
+
+        def body(s: core.State, k: jax.Array) -> tuple[core.State, None]:
+            k_pol, k_env = jax.random.split(k)
+            acts, msgs = policy(k_pol, s, params)
+            s, _, _ = core.step_state(k_env, s, acts, msgs, params)
+            return s, None
+
+        state, _ = jax.lax.scan(body, state, jax.random.split(k_run, params.max_rounds))
+        return {
+            "score": state.score,
+            "rounds": state.completed_round,
+            "valid_pct": 100.0 * state.valid_count.sum() / jnp.maximum(state.action_count.sum(), 1),
+            "explosions": state.explosions,
+            "messages_sent": state.messages_sent,
+        }
+
+    return jax.jit(lambda key: jax.vmap(episode)(jax.random.split(key, num_episodes)))
