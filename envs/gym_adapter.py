@@ -153,7 +153,14 @@ class EgoRenderer:
         tile = -(-size // VIEW)
         self.table = self._table(tile)
         pix = (np.arange(size) * VIEW * tile) // size
-        self._cell, self._sub = pix // tile, pix % tile
+        cell, sub = pix // tile, pix % tile
+        # Per output pixel: which of the 49 view cells it shows and which pixel of that cell's tile.
+        self._cell = (cell[:, None] * VIEW + cell[None, :]).reshape(-1)
+        self._sub = (sub[:, None] * tile + sub[None, :]).reshape(-1)
+        self._tile_pixels = tile * tile
+        rgba = np.zeros((self.table.shape[0] * tile * tile, 4), dtype=np.uint8)
+        rgba[:, :3] = self.table.reshape(-1, 3)
+        self._packed = rgba.view(np.uint32).reshape(-1)  # one uint32 per pixel: a single fast gather
 
     @classmethod
     def _table(cls, tile: int) -> np.ndarray:
@@ -178,8 +185,9 @@ class EgoRenderer:
         return codes
 
     def __call__(self, symbolic: np.ndarray) -> np.ndarray:
-        codes = self.codes(symbolic)[self._cell[:, None], self._cell[None, :]]
-        return self.table[codes, self._sub[:, None], self._sub[None, :]]
+        index = self.codes(symbolic).reshape(-1)[self._cell] * self._tile_pixels + self._sub
+        rgba = np.take(self._packed, index).view(np.uint8).reshape(self.size, self.size, 4)
+        return np.ascontiguousarray(rgba[..., :3])
 
 
 # ---------------------------------------------------------------------------------------------
