@@ -1,0 +1,307 @@
+"""Tests for the defusal graph world: rules and switches, ToM ground truth, vmap, dm_env adapter, baselines."""
+
+from __future__ import annotations
+
+import unittest
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from dm_env import test_utils
+
+import envs
+from envs.defusal import core, scripted
+from envs.defusal.env import DefusalEnv
+
+_reset = jax.jit(core.reset, static_argnames="params")
+_step = jax.jit(core.step, static_argnames="params")
+P = core.Params()
+VOCAB = core.vocabulary(P)
+# Room indices 0..4 have labels 0, 3, 5, 6, 8. Bomb k sits in room k; phases 1, 2, 3, 1, 2.
+SEQ = np.array([[0, -1, -1], [1, 2, -1], [0, 1, 2], [2, -1, -1], [2, 0, -1]], np.int32)
+INSPECT, RED, GREEN, BLUE = 0, 6, 7, 8
+
+
+def go(room: int) -> int:
+    return 1 + room
+
+
+def world(params: core.Params = P, rooms=(0, 0, 0)) -> core.State:
+    _, s = _reset(jax.random.key(0), params=params)
+    return s._replace(
+        agent_room=jnp.asarray(rooms, jnp.int32),
+        bomb_room=jnp.arange(params.num_bombs, dtype=jnp.int32),
+        bomb_seq=jnp.asarray(SEQ[: params.num_bombs]),
+    )
+
+
+def play(state, actions, params=P, messages=None, seed=1):
+    msgs = jnp.zeros((3, params.message_len), jnp.int32) if messages is None else jnp.asarray(messages, jnp.int32)
+    return _step(jax.random.key(seed), state, jnp.asarray(actions, jnp.int32), msgs, params=params)
+
+
+def text(obs, i: int) -> str:
+    return VOCAB.decode(np.asarray(obs["tokens"][i]))
+
+
+# ---------------------------------------------------------------------------------------------
+# Map, reset, switches
+# ---------------------------------------------------------------------------------------------
+
+
+def test_released_map_and_reset_layout():
+    adj = core.released_adjacency()
+    edges = {(core.ROOM_LABELS[i], core.ROOM_LABELS[j]) for i in range(5) for j in range(i + 1, 5) if adj[i, j]}
+    assert edges == set(core.RELEASED_EDGES)
+    keys = jax.random.split(jax.random.key(3), 64)
+    obs, s = jax.vmap(lambda k: core.reset(k, P))(keys)
+    assert obs["vector"].shape == (64, 3, core.vector_size(P)) and obs["tokens"].shape == (64, 3, P.token_len)
+    assert np.all(np.sort(np.asarray(s.bomb_room), axis=1) == np.arange(5))  # one bomb per room
+    np.testing.assert_array_equal(np.asarray(s.bomb_phases[0]), [1, 2, 3, 1, 2])
+    seq = np.asarray(s.bomb_seq)
+    for row, n in zip(seq.reshape(-1, 3), np.tile([1, 2, 3, 1, 2], 64), strict=True):
+        assert np.all(row[n:] == -1) and len(set(row[:n])) == n  # no repeated colour within a bomb
+    assert np.all(np.asarray(s.agent_room) == np.asarray(s.agent_room)[:, :1])  # start: same room
+    assert len(np.unique(np.asarray(s.agent_room)[:, 0])) > 1
+
+
+def test_start_separate_and_random_graph_connected():
+    params = core.Params(start="separate", random_graph=True)
+    _, s = jax.vmap(lambda k: core.reset(k, params))(jax.random.split(jax.random.key(1), 200))
+    rooms = np.asarray(s.agent_room)
+    assert all(len(set(r)) == 3 for r in rooms)
+    d = np.asarray(jax.vmap(scripted.distances)(s.adjacency))
+    assert d.max() < 5  # connected
+    adj = np.asarray(s.adjacency)
+    assert np.all(adj == adj.transpose(0, 2, 1)) and not adj[:, range(5), range(5)].any()
+    assert len({a.tobytes() for a in adj}) > 20  # graphs differ across worlds
+
+
+def test_moves_only_along_edges():
+    s = world(rooms=(1, 1, 1))  # room label 3: neighbours 0 and 8
+    obs, s2, r, done, info = play(s, [go(0), go(2), go(4)])
+    np.testing.assert_array_equal(np.asarray(s2.agent_room), [0, 1, 4])
+    np.testing.assert_array_equal(np.asarray(info["valid"]), [True, False, True])
+    np.testing.assert_array_equal(np.asarray(s2.last_result), [core.R_MOVE_OK, core.R_MOVE_BAD, core.R_MOVE_OK])
+    mask = np.asarray(core.action_mask(s, P))
+    np.testing.assert_array_equal(mask[0, 1:6], [True, False, False, False, True])
+    assert "you moved to room 0" in text(obs, 0) and "you cannot go to room 5" in text(obs, 1)
+
+
+def test_inspect_reveals_to_inspector_only_and_tom():
+    s = world(rooms=(2, 2, 0))  # alpha, bravo with the 3-phase bomb (red green blue); charlie elsewhere
+    obs, s2, *_, info = play(s, [INSPECT, go(0), INSPECT])
+    knows = np.asarray(s2.knows)
+    assert knows[0, 2] and not knows[1].any() and knows[2, 0] and knows.sum() == 2
+    assert "you inspected the bomb its sequence is red green blue" in text(obs, 0)
+    assert "sequence" not in text(obs, 1)
+    intro, first, second = (np.asarray(info[k]) for k in ("tom_introspection", "tom_first_order", "tom_second_order"))
+    np.testing.assert_array_equal(intro, knows)
+    assert first[1, 0, 2] and not first[0, 1, 2]  # bravo's view: alpha knows bomb 2; alpha's view: bravo does not
+    # Bravo moved this round: it saw alpha's inspect only if alpha acted first (random order).
+    order_alpha_first = bool(second[0, 1, 2])
+    assert order_alpha_first == ("alpha inspected the bomb" in text(obs, 1))
+    assert not second[2, 0, 0]  # nobody saw charlie inspect bomb 0
+
+
+def test_witness_and_message_second_order():
+    s = world(rooms=(2, 2, 0))
+    _, s, *_, info = play(s, [INSPECT, INSPECT, go(2)])  # charlie walks in (arrives before or after)
+    second = np.asarray(info["tom_second_order"])
+    assert second[0, 1, 2] and second[1, 0, 2]  # alpha and bravo saw each other inspect
+    # Alpha tells the team "5 red green blue": charlie learns it; everyone knows everyone knows.
+    msgs = np.zeros((3, 4), np.int32)
+    msgs[0] = core.message_ids("5 red green blue")
+    obs, s, *_, info = play(s, [go(0), go(0), go(0)], messages=msgs)
+    assert np.asarray(s.knows)[2, 2]
+    assert np.asarray(info["tom_second_order"])[:, :, 2].all()
+    assert "alpha says 5 red green blue" in text(obs, 2) and "says" not in text(obs, 0)
+    # A wrong sequence or a sender who does not know teaches nothing.
+    _, s, *_ = play(world(rooms=(2, 0, 0)), [INSPECT, INSPECT, go(2)])
+    msgs[0] = core.message_ids("5 red blue green")  # alpha knows, but the order is wrong
+    msgs[1] = core.message_ids("5 red green blue")  # right, but bravo never inspected bomb 2
+    _, s, *_ = play(s, [go(0), go(2), go(0)], messages=msgs)
+    assert not np.asarray(s.knows)[1:, 2].any() and int(s.messages_sent) == 2
+
+
+@pytest.mark.parametrize("wrong_cut", ["noop", "explode"])
+@pytest.mark.parametrize("shaping", [False, True])
+def test_cuts(wrong_cut, shaping):
+    params = core.Params(wrong_cut=wrong_cut, shaping=shaping)
+    s = world(params, rooms=(2, 0, 4))  # alpha (red, green) at bomb 2 (red green blue); charlie at bomb 4
+    obs, s, r, *_ = play(s, [RED, INSPECT, RED], params)  # right for alpha; charlie: wrong (blue first)
+    assert int(s.bomb_progress[2]) == 1
+    exploded = wrong_cut == "explode"
+    assert int(s.bomb_status[4]) == (core.EXPLODED if exploded else core.ACTIVE)
+    assert float(r) == (1.0 - exploded if shaping else 0.0)
+    assert int(s.explosions) == exploded
+    assert ("exploded" if exploded else "apply other color tool first") in text(obs, 2)
+    assert "correctly 2 phases left" in text(obs, 0)
+    obs, s, r, *_ = play(s, [GREEN, INSPECT, INSPECT], params)
+    s = s._replace(agent_room=jnp.array([2, 2, 0]))
+    obs, s, r, *_ = play(s, [BLUE, BLUE, INSPECT], params)  # alpha has no blue; bravo (green, blue) does
+    assert int(s.bomb_status[2]) == core.DEFUSED and int(s.score) == 30
+    assert float(r) == 30.0 + shaping
+    assert "you do not have the blue cutter" in text(obs, 0) and "defused the bomb" in text(obs, 1)
+    assert "round 3 score 30" in text(obs, 0)
+
+
+def test_tools_per_agent():
+    np.testing.assert_array_equal(core.tools(P), [[1, 1, 0], [0, 1, 1], [1, 0, 1]])
+    p1 = core.Params(tools_per_agent=1)
+    np.testing.assert_array_equal(core.tools(p1), np.eye(3, dtype=bool))
+    mask = np.asarray(core.action_mask(world(p1, rooms=(2, 2, 2)), p1))
+    np.testing.assert_array_equal(mask[:, 6:], np.eye(3, dtype=bool))
+    _, s, *_, info = play(world(p1, rooms=(0, 0, 0)), [GREEN, INSPECT, INSPECT], p1)
+    assert not np.asarray(info["valid"])[0] and int(s.last_result[0]) == core.R_CUT_NO_TOOL
+
+
+def test_teammates_hidden_vs_visible():
+    pv = core.Params(teammates="visible")
+    vec = {}
+    for params in (P, pv):
+        obs, _ = _reset(jax.random.key(0), params=params)
+        s = world(params, rooms=(0, 3, 4))
+        obs = core.observe(s, params)
+        vec[params.teammates] = np.asarray(obs["vector"])
+        said = "bravo in room 6" in VOCAB.decode(np.asarray(obs["tokens"][0]))
+        assert said == (params.teammates == "visible")
+    mates = slice(core.vector_size(P) - 3 - 15, core.vector_size(P) - 3)
+    assert not vec["hidden"][:, mates].any()
+    assert vec["visible"][0, mates].reshape(3, 5)[1, 3] == 1 and vec["visible"][0, mates].reshape(3, 5)[0].sum() == 0
+    np.testing.assert_array_equal(np.delete(vec["hidden"], mates, 1), np.delete(vec["visible"], mates, 1))
+
+
+def test_silence_removes_channel():
+    ps = core.Params(silence=True)
+    s = world(ps, rooms=(2, 2, 0))
+    _, s, *_ = play(s, [INSPECT, go(0), go(0)], ps)
+    msgs = np.zeros((3, 4), np.int32)
+    msgs[0] = core.message_ids("5 red green blue")
+    obs, s, *_ = play(s, [go(0), INSPECT, INSPECT], ps, messages=msgs)
+    assert not np.asarray(s.knows)[1:, 2].any() and int(s.messages_sent) == 0
+    assert "says" not in text(obs, 1)
+
+
+def test_max_rounds_truncation_and_termination():
+    pm = core.Params(max_rounds=3)
+    s = world(pm)
+    for t in range(3):
+        _, s, r, done, info = play(s, [INSPECT, INSPECT, INSPECT], pm, seed=t)
+    assert bool(done) and bool(info["truncated"]) and not bool(info["terminated"]) and int(s.round) == 3
+    _, s2, r, *_ = play(s, [go(1), go(1), go(1)], pm)  # finished: frozen, no reward
+    assert int(s2.round) == 3 and float(r) == 0.0
+    # Termination: every bomb gone (statuses set directly except the 1-phase bomb 0).
+    s = world(rooms=(0, 0, 0))._replace(bomb_status=jnp.array([0, 1, 2, 1, 1]))
+    _, s, r, done, info = play(s, [RED, INSPECT, INSPECT])
+    assert bool(done) and bool(info["terminated"]) and int(s.completed_round) == 1 and float(r) == 10.0
+
+
+def test_vmap_matches_single_world():
+    keys = jax.random.split(jax.random.key(5), 8)
+    obs_b, s_b = jax.vmap(lambda k: core.reset(k, P))(keys)
+    acts = jax.vmap(lambda k, s: scripted.heuristic(k, s, P))(keys, s_b)
+    out_b = jax.vmap(lambda k, s, a, m: core.step(k, s, a, m, P))(keys, s_b, *acts)
+    for i in (0, 5):
+        obs, s = _reset(keys[i], params=P)
+        a, m = scripted.heuristic(keys[i], s, P)
+        out = _step(keys[i], s, a, m, params=P)
+        for x, y in zip(jax.tree.leaves(out), jax.tree.leaves(out_b), strict=True):
+            np.testing.assert_array_equal(np.asarray(x), np.asarray(y)[i])
+
+
+# ---------------------------------------------------------------------------------------------
+# Baselines
+# ---------------------------------------------------------------------------------------------
+
+
+def test_baselines_sanity():
+    key = jax.random.key(0)
+    rnd = scripted.evaluate(scripted.random_legal, P, key, 200)
+    assert 40 < rnd["score"].mean() < 70 and rnd["valid_pct"].mean() > 95
+    for team in (scripted.heuristic, scripted.planner):
+        r = scripted.evaluate(team, P, key, 200)
+        assert np.all(r["score"] == 90) and r["rounds"].mean() < 20
+    r = scripted.evaluate(scripted.planner, P, key, 200)
+    h = scripted.evaluate(scripted.heuristic, P, key, 200)
+    assert r["rounds"].mean() < h["rounds"].mean()
+
+
+# ---------------------------------------------------------------------------------------------
+# dm_env adapter
+# ---------------------------------------------------------------------------------------------
+
+
+class _Conformance(test_utils.EnvironmentTestMixin):
+    name = "defusal"
+
+    def make_object_under_test(self):
+        return envs.make(self.name, seed=1)
+
+    def make_action_sequence(self):
+        rng = np.random.default_rng(0)
+        for _ in range(40):
+            yield {"move": rng.integers(0, 9, 3).astype(np.int32), "talk": rng.integers(0, 19, (3, 4)).astype(np.int32)}
+
+
+class TestDefusalDmEnv(_Conformance, unittest.TestCase):
+    pass
+
+
+class TestDefusalSmallDmEnv(_Conformance, unittest.TestCase):
+    name = "defusal_small"
+
+
+def test_adapter_episode_and_specs():
+    env = envs.make("defusal_small", seed=3)
+    assert env.params.num_rooms == 2 and env.params.num_bombs == 1
+    ts = env.reset()
+    assert ts.observation["tokens"].shape == (3, 64) and ts.observation["action_mask"].shape == (3, 9)
+    assert set(env.action_spec()) == {"move", "talk"}
+    for t in range(10):
+        move, talk = scripted.heuristic(jax.random.key(t), env.state, env.params)
+        ts = env.step({"move": np.asarray(move), "talk": np.asarray(talk)})
+        if ts.last():
+            break
+    assert ts.last() and ts.discount == 0.0 and ts.reward == 10.0
+    m = env.metrics()
+    assert m["score"] == 10 and m["rounds"] == t + 1 and isinstance(env.log_text()[0], str)
+    assert env.step(np.zeros(3, np.int32)).first()  # auto-reset after LAST
+
+
+@pytest.mark.parametrize(
+    "action, match",
+    [
+        (3, "scalar"),
+        (np.array([0, 0, 9]), r"\[9\] outside 0\.\.8"),
+        (np.array([0, 0]), "shape"),
+        (np.array([0.0, 0, 0]), "dtype"),
+        ({"move": np.zeros(3, int), "talk": np.full((3, 4), 99)}, "talk"),
+        ({"mover": np.zeros(3, int)}, "keys"),
+    ],
+)
+def test_bad_actions_raise(action, match):
+    env = envs.make("defusal_small")
+    env.reset()
+    with pytest.raises(ValueError, match=match):
+        env.step(action)
+
+
+@pytest.mark.parametrize(
+    "options, match",
+    [
+        ({"start": "apart"}, "start='apart'.*'same' or 'separate'"),
+        ({"wrong_cut": "boom"}, "wrong_cut"),
+        ({"teammates": "all"}, "teammates"),
+        ({"tools_per_agent": 3}, "tools_per_agent=3.*1 or 2"),
+        ({"num_bombs": 6}, "num_bombs"),
+        ({"num_rooms": 7}, "num_rooms"),
+    ],
+)
+def test_bad_switches_raise(options, match):
+    with pytest.raises(ValueError, match=match):
+        envs.make("defusal", **options)
+    with pytest.raises(TypeError):
+        envs.make("defusal", shaping=1)
+    assert isinstance(envs.make("defusal", random_graph=True), DefusalEnv)
