@@ -55,7 +55,7 @@ def test_released_map_and_reset_layout():
     edges = {(core.ROOM_LABELS[i], core.ROOM_LABELS[j]) for i in range(5) for j in range(i + 1, 5) if adj[i, j]}
     assert edges == set(core.RELEASED_EDGES)
     keys = jax.random.split(jax.random.key(3), 64)
-    obs, s = jax.vmap(lambda k: core.reset(k, P))(keys)
+    obs, s = jax.jit(jax.vmap(lambda k: core.reset(k, P)))(keys)
     assert obs["vector"].shape == (64, 3, core.vector_size(P)) and obs["tokens"].shape == (64, 3, P.token_len)
     assert np.all(np.sort(np.asarray(s.bomb_room), axis=1) == np.arange(5))  # one bomb per room
     np.testing.assert_array_equal(np.asarray(s.bomb_phases[0]), [1, 2, 3, 1, 2])
@@ -68,10 +68,10 @@ def test_released_map_and_reset_layout():
 
 def test_start_separate_and_random_graph_connected():
     params = core.Params(start="separate", random_graph=True)
-    _, s = jax.vmap(lambda k: core.reset(k, params))(jax.random.split(jax.random.key(1), 200))
+    _, s = jax.jit(jax.vmap(lambda k: core.reset(k, params)))(jax.random.split(jax.random.key(1), 200))
     rooms = np.asarray(s.agent_room)
     assert all(len(set(r)) == 3 for r in rooms)
-    d = np.asarray(jax.vmap(scripted.distances)(s.adjacency))
+    d = np.asarray(jax.jit(jax.vmap(scripted.distances))(s.adjacency))
     assert d.max() < 5  # connected
     adj = np.asarray(s.adjacency)
     assert np.all(adj == adj.transpose(0, 2, 1)) and not adj[:, range(5), range(5)].any()
@@ -200,12 +200,13 @@ def test_max_rounds_truncation_and_termination():
 
 def test_vmap_matches_single_world():
     keys = jax.random.split(jax.random.key(5), 8)
-    obs_b, s_b = jax.vmap(lambda k: core.reset(k, P))(keys)
-    acts = jax.vmap(lambda k, s: scripted.heuristic(k, s, P))(keys, s_b)
-    out_b = jax.vmap(lambda k, s, a, m: core.step(k, s, a, m, P))(keys, s_b, *acts)
+    obs_b, s_b = jax.jit(jax.vmap(lambda k: core.reset(k, P)))(keys)
+    acts = jax.jit(jax.vmap(lambda k, s: scripted.heuristic(k, s, P)))(keys, s_b)
+    out_b = jax.jit(jax.vmap(lambda k, s, a, m: core.step(k, s, a, m, P)))(keys, s_b, *acts)
+    heuristic = jax.jit(scripted.heuristic, static_argnames="params")
     for i in (0, 5):
         obs, s = _reset(keys[i], params=P)
-        a, m = scripted.heuristic(keys[i], s, P)
+        a, m = heuristic(keys[i], s, params=P)
         out = _step(keys[i], s, a, m, params=P)
         for x, y in zip(jax.tree.leaves(out), jax.tree.leaves(out_b), strict=True):
             np.testing.assert_array_equal(np.asarray(x), np.asarray(y)[i])
