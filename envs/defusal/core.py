@@ -388,25 +388,26 @@ def action_mask(state: State, params: Params) -> jax.Array:
     return jnp.concatenate([active_here[:, None], moves, cuts], axis=1)
 
 
-def _apply_one(agent: jax.Array, action: jax.Array, carry: tuple[Any, ...], params: Params) -> tuple[Any, ...]:
+class _Round(NamedTuple):
+    """What changes while the agents' actions of one round are applied one after another."""
+
+    room: jax.Array
+    progress: jax.Array
+    status: jax.Array
+    knows: jax.Array
+    knows_that: jax.Array
+    witnessed: jax.Array
+    result: jax.Array
+    valid: jax.Array
+    reward: jax.Array
+    score: jax.Array
+    explosions: jax.Array
+
+
+def _apply_one(agent: jax.Array, action: jax.Array, carry: _Round, state: State, params: Params) -> _Round:
     """Applies one agent's action to the partial round state (one-hot arithmetic, no Python control flow)."""
-    (
-        room,
-        progress,
-        status,
-        knows,
-        knows_that,
-        witnessed,
-        result,
-        valid,
-        reward,
-        score,
-        explosions,
-        seq,
-        bomb_room,
-        adjacency,
-        phases,
-    ) = carry
+    room, progress, status, knows, knows_that, witnessed, result, valid, reward, score, explosions = carry
+    seq, bomb_room, adjacency, phases = state.bomb_seq, state.bomb_room, state.adjacency, state.bomb_phases
     a_n = params.num_agents
     tool = jnp.asarray(tools(params))
     agents = jnp.arange(a_n)
@@ -480,23 +481,7 @@ def _apply_one(agent: jax.Array, action: jax.Array, carry: tuple[Any, ...], para
     )
     result = jnp.where(is_me, code, result)
     valid = valid | (is_me & (inspect_ok | move_ok | cut_ok))
-    return (
-        room,
-        progress,
-        status,
-        knows,
-        knows_that,
-        witnessed,
-        result,
-        valid,
-        reward,
-        score,
-        explosions,
-        seq,
-        bomb_room,
-        adjacency,
-        phases,
-    )
+    return _Round(room, progress, status, knows, knows_that, witnessed, result, valid, reward, score, explosions)
 
 
 def _tells(messages: jax.Array, state: State, params: Params) -> jax.Array:
@@ -544,27 +529,23 @@ def step_state(
     if params.silence:
         messages = jnp.zeros_like(messages)
     order = jax.random.permutation(key, a_n)
-    carry = (
-        state.agent_room,
-        state.bomb_progress,
-        state.bomb_status,
-        state.knows,
-        state.knows_that,
-        jnp.zeros((a_n, a_n), bool),
-        state.last_result,
-        jnp.zeros((a_n,), bool),
-        jnp.zeros((), jnp.float32),
-        state.score,
-        state.explosions,
-        state.bomb_seq,
-        state.bomb_room,
-        state.adjacency,
-        state.bomb_phases,
+    carry = _Round(
+        room=state.agent_room,
+        progress=state.bomb_progress,
+        status=state.bomb_status,
+        knows=state.knows,
+        knows_that=state.knows_that,
+        witnessed=jnp.zeros((a_n, a_n), bool),
+        result=state.last_result,
+        valid=jnp.zeros((a_n,), bool),
+        reward=jnp.zeros((), jnp.float32),
+        score=state.score,
+        explosions=state.explosions,
     )
     for p in range(a_n):
         agent = order[p]
-        carry = _apply_one(agent, actions[agent], carry, params)
-    room, progress, status, knows, knows_that, witnessed, result, valid, reward, score, explosions = carry[:11]
+        carry = _apply_one(agent, actions[agent], carry, state, params)
+    room, progress, status, knows, knows_that, witnessed, result, valid, reward, score, explosions = carry
 
     # Messages: a sender who knows k and names k's remaining sequence tells both teammates.
     tells = _tells(messages, state._replace(bomb_progress=progress, bomb_status=status), params) & knows  # [A, B]
