@@ -45,3 +45,13 @@ from envs import hinted_grid as _hinted_grid  # noqa: E402
 for _name, (_cls, _sizes, _about) in _hinted_grid.WORLDS.items():
     register(_name, _hinted_grid.factory(_name), defaults=_hinted_grid.DEFAULTS, description=_about)
 del _name, _cls, _sizes, _about
+
+from envs import homegrid as _homegrid  # noqa: E402  (never imports the optional HomeGrid package)
+
+if _homegrid.available():  # optional extra: pip install -e '.[homegrid]'
+    register(
+        _homegrid.NAME,
+        _homegrid.make_homegrid,
+        defaults=_homegrid.DEFAULTS,
+        description=_homegrid.DESCRIPTION,
+    )
