@@ -4,7 +4,7 @@ Use ``envs.make(name, **options)``; ``envs.names()`` lists the registered worlds
 """
 
 from envs import token_world as _token_world
-from envs.registry import describe, make, names, register
+from envs.registry import describe, make, names, register, register_missing
 from envs.text import Vocabulary
 
 __all__ = ["Vocabulary", "describe", "make", "names", "register"]
@@ -55,3 +55,5 @@ if _homegrid.available():  # optional extra: pip install -e '.[homegrid]'
         defaults=_homegrid.DEFAULTS,
         description=_homegrid.DESCRIPTION,
     )
+else:
+    register_missing(_homegrid.NAME, f"install it with {_homegrid.INSTALL_HINT}")

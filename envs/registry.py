@@ -29,6 +29,7 @@ class _Entry:
 
 
 _WORLDS: dict[str, _Entry] = {}
+_MISSING: dict[str, str] = {}  # optional worlds whose package is not installed -> how to install it
 
 
 def _closest(word: str, options: list[str]) -> str:
@@ -99,7 +100,15 @@ def names() -> list[str]:
     return sorted(_WORLDS)
 
 
+def register_missing(name: str, install_hint: str) -> None:
+    """Declares an optional world whose package is absent: ``make(name)`` then raises ``ImportError`` with
+    ``install_hint``; the world is not listed by :func:`names`."""
+    _MISSING[name] = install_hint
+
+
 def _entry(name: str) -> _Entry:
+    if name in _MISSING and name not in _WORLDS:
+        raise ImportError(f"world {name!r} is optional and its package is not installed: {_MISSING[name]}")
     if name not in _WORLDS:
         valid = names()
         hint = _closest(name, valid) if isinstance(name, str) else ""

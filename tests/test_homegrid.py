@@ -341,6 +341,9 @@ def test_importing_envs_does_not_import_homegrid_and_registration_follows_availa
     assert "gym" not in _MODULES_AFTER_IMPORTING_ENVS
     assert hg.available() == HAVE_HOMEGRID
     assert ("homegrid" in envs.names()) == HAVE_HOMEGRID
+    if not HAVE_HOMEGRID:  # the registry still knows the name and says how to get it
+        with pytest.raises(ImportError, match=r"optional.*pip install -e '\.\[homegrid\]'"):
+            envs.make("homegrid")
 
 
 def test_registry_path_with_typed_options(fake_open):
