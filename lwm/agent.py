@@ -200,10 +200,13 @@ class Agent:
             "imag/entropy": ent.mean(), "imag/retnorm_scale": norm, "imag/adv_std": adv.std(),
             "wm/kl": jnp.maximum(wm_losses["dyn"], 0).mean(),
         })
-        return total, (metrics, new_retnorm, post)
+        return total, (metrics, new_retnorm, {**post, "loss": sg(wm_total)})
 
     def _train(self, ts, batch):
-        """One update of world model, actor and critic on one batch. Returns (state, metrics, posteriors)."""
+        """One update of world model, actor and critic on one batch. Returns (state, metrics, posteriors).
+
+        `posteriors` holds the latent states {deter, stoch} [B, T, ...] (written back to replay) and `loss` [B, T],
+        the world-model loss of every step (the replay's sampling priority)."""
         self.traces["train"] += 1
         key, sub = jax.random.split(ts["key"])
         grads, (metrics, retnorm, post) = jax.grad(self._losses, has_aux=True)(

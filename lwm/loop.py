@@ -64,7 +64,8 @@ def train_loop(config, logdir: str | Path, make_env: Callable[[int], dm_env.Envi
     agent = Agent(obs_spec, act_spec, config)
     ts = agent.init(config.seed)
     B, T = config.batch_size, config.batch_length
-    replay = Replay(config.replay.capacity, num_envs, T, seed=config.seed)
+    replay = Replay(config.replay.capacity, num_envs, T, seed=config.seed,
+                    priority_frac=config.replay.priority_frac, priority_exponent=config.replay.priority_exponent)
     driver = Driver(envs, [k.name for k in agent.keys], name=config.env.name)
     act = _policy_fn(agent, num_envs, config.seed, False, lambda: ts["params"])
     logger = Logger(logdir, console_every=config.run.log_every)
@@ -104,7 +105,9 @@ def train_loop(config, logdir: str | Path, make_env: Callable[[int], dm_env.Envi
             while credit >= 1.0:
                 batch, index = replay.sample(B, classes)
                 ts, metrics, post = agent.train(ts, batch)
-                replay.update_latents(index, jax.device_get(post))
+                post = jax.device_get(post)
+                replay.update_latents(index, post)
+                replay.update_priorities(index, post["loss"])
                 history.append(metrics)
                 credit -= 1.0
                 updates += 1

@@ -38,7 +38,12 @@ def _unflatten(flat: Mapping[str, np.ndarray]) -> dict:
 class Replay:
     """Stores `capacity` steps in total, split evenly over `num_streams` environment streams."""
 
-    def __init__(self, capacity: int, num_streams: int, length: int, seed: int = 0):
+    def __init__(self, capacity: int, num_streams: int, length: int, seed: int = 0, priority_frac: float = 0.0,
+                 priority_exponent: float = 0.8):
+        if not 0.0 <= priority_frac <= 1.0:
+            raise ValueError(f"replay.priority_frac={priority_frac} is out of range; allowed: 0..1.")
+        if priority_exponent < 0.0:
+            raise ValueError(f"replay.priority_exponent={priority_exponent} must be >= 0.")
         if num_streams < 1:
             raise ValueError(f"num_streams={num_streams} must be >= 1.")
         per = capacity // num_streams
@@ -50,6 +55,12 @@ class Replay:
         self.data: dict[str, np.ndarray] = {}
         self.pos = 0  # next write index (all streams advance together)
         self.count = 0  # steps stored per stream
+        # Prioritised part of each batch (DreamerV3's `priority` fraction): a step is drawn with probability
+        # proportional to weight = loss ** exponent, and its chunk is placed so that it holds that step at a
+        # uniformly random position. Steps not yet trained on carry the largest weight seen so far.
+        self.priority_frac, self.priority_exponent = priority_frac, priority_exponent
+        self.weight = np.zeros((num_streams, per), np.float64) if priority_frac > 0 else None
+        self.max_weight = 1.0
 
     def __len__(self) -> int:
         return self.count * self.streams
@@ -75,6 +86,8 @@ class Replay:
         missing = set(self.data) - set(flat)
         if missing:
             raise ValueError(f"Replay.add: step lacks keys {sorted(missing)}.")
+        if self.weight is not None:
+            self.weight[:, self.pos] = self.max_weight
         self.pos = (self.pos + 1) % self.per
         self.count = min(self.count + 1, self.per)
 
@@ -89,6 +102,16 @@ class Replay:
         oldest = self.pos if self.count == self.per else 0
         streams = self.rng.integers(0, self.streams, batch)
         starts = self.rng.integers(1, self.count - T + 1, batch)  # chronological index of the first step
+        n_prio = int(round(batch * self.priority_frac)) if self.weight is not None else 0
+        if n_prio:
+            # Chronological steps 1..count-1 can be in a chunk (step 0 of the oldest data is context only).
+            chron = (oldest + np.arange(1, self.count)) % self.per
+            w = self.weight[:, chron].reshape(-1)
+            pick = self.rng.choice(w.size, n_prio, p=w / w.sum()) if w.sum() > 0 else self.rng.integers(0, w.size,
+                                                                                                         n_prio)
+            streams[:n_prio], step = np.divmod(pick, self.count - 1)
+            step = step + 1
+            starts[:n_prio] = np.clip(step - self.rng.integers(0, T, n_prio), 1, self.count - T)
         times = (oldest + starts[:, None] - 1 + np.arange(T + 1)[None]) % self.per  # [B, T+1], col 0 = context
         chunk = {k: v[streams[:, None], times] for k, v in self.data.items()}
         out = {}
@@ -109,6 +132,15 @@ class Replay:
         self.data["latent/deter"][streams[:, None], times] = np.asarray(latent["deter"])
         stoch = np.asarray(latent["stoch"]).argmax(-1)
         self.data["latent/stoch"][streams[:, None], times] = stoch
+
+    def update_priorities(self, index: tuple[np.ndarray, np.ndarray], loss: np.ndarray) -> None:
+        """Sets the sampling weight of the trained steps [B, T] from their world-model loss."""
+        if self.weight is None:
+            return
+        streams, times = index
+        w = np.maximum(np.asarray(loss, np.float64), 0.0) ** self.priority_exponent
+        self.weight[streams[:, None], times] = w
+        self.max_weight = max(self.max_weight, float(w.max()))
 
     def save(self, path: str | Path) -> None:
         """Writes the buffer atomically (to a temporary file, then renamed)."""

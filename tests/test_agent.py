@@ -323,6 +323,34 @@ def test_replay_wraps_around_after_capacity():
     assert starts == set(range(total - 10 + 1, total - LENGTH + 1))
 
 
+def test_replay_priority_fraction_finds_the_rare_high_loss_step():
+    replay = Replay(capacity=80, num_streams=N_STREAMS, length=LENGTH, seed=3, priority_frac=0.5)
+    total = 57  # wraps around: 40 steps per stream are kept
+    for t in range(total):
+        replay.add(_step(t))
+    # Every step trained once with a small loss, except one rare step (stream 1, t = 40) with a large one.
+    for s in range(N_STREAMS):
+        times = (np.arange(40)[None] + 0) % replay.per
+        loss = np.full((1, 40), 0.01)
+        replay.update_priorities((np.array([s]), times), loss)
+    rare = (1, 40 % replay.per)
+    replay.update_priorities((np.array([1]), np.array([[rare[1]]])), np.array([[50.0]]))
+    hits = {"prio": 0, "uniform": 0}
+    for _ in range(200):
+        batch, (streams, times) = replay.sample(8, CLASSES)
+        _check_batch(batch, 8, (total - 40, total))
+        found = (batch["obs"]["t"] == 1000 + 40).any(1)
+        hits["prio"] += int(found[:4].sum())
+        hits["uniform"] += int(found[4:].sum())
+    assert hits["prio"] > 0.9 * 800  # the prioritised half almost always holds the rare step
+    assert hits["uniform"] < 0.2 * 800  # the uniform half does not care
+    # New steps get the largest weight seen so far, so they are replayed soon.
+    replay.add(_step(total))
+    assert replay.weight[0, (total) % replay.per] == replay.max_weight == 50.0 ** 0.8
+    with pytest.raises(ValueError, match="priority_frac"):
+        Replay(capacity=80, num_streams=N_STREAMS, length=LENGTH, priority_frac=1.5)
+
+
 def test_replay_update_latents_writes_back():
     replay = Replay(capacity=40, num_streams=N_STREAMS, length=LENGTH, seed=2)
     for t in range(15):
