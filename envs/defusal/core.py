@@ -305,6 +305,39 @@ def vector_size(params: Params) -> int:
 
 
 # ---------------------------------------------------------------------------------------------
+# Cheap exact equivalents of small random permutations and small-table lookups
+# ---------------------------------------------------------------------------------------------
+
+
+def _permutation_ranks(key: jax.Array, n: int) -> jax.Array:
+    """int32 [n]: the position of element i in ``jax.random.permutation(key, n)``.
+
+    Bit-identical while one sort round suffices (n <= 1625).
+    ``permutation`` draws one 32-bit sort key per element (one round for these sizes) and stably sorts by it;
+    ranking the same keys with pairwise comparisons gives the same order without a sort.
+    """
+    _, sub = jax.random.split(key)
+    bits = jax.random.bits(sub, (n,), jnp.uint32)
+    earlier = jnp.arange(n)[None, :] < jnp.arange(n)[:, None]  # [i, j]: j before i
+    less = (bits[None, :] < bits[:, None]) | ((bits[None, :] == bits[:, None]) & earlier)
+    return jnp.sum(less, axis=1, dtype=jnp.int32)
+
+
+def _permutation(key: jax.Array, n: int) -> jax.Array:
+    """``jax.random.permutation(key, n)`` (same values) without a sort."""
+    rank = _permutation_ranks(key, n)
+    return jnp.sum(jnp.where(rank[None, :] == jnp.arange(n)[:, None], jnp.arange(n)[None, :], 0), axis=1)
+
+
+def _lookup(table: np.ndarray, index: jax.Array) -> jax.Array:
+    """``table[index]`` for a small constant 1-D table, as a chain of selects (no gather)."""
+    out = jnp.full(jnp.shape(index), int(table[0]), jnp.int32)
+    for v in range(1, len(table)):
+        out = jnp.where(index == v, int(table[v]), out)
+    return out
+
+
+# ---------------------------------------------------------------------------------------------
 # Reset
 # ---------------------------------------------------------------------------------------------
 
@@ -313,7 +346,7 @@ def random_adjacency(key: jax.Array, num_rooms: int, extra_prob: float = 0.5) ->
     """A random connected graph: a random spanning tree plus each other edge with prob ``extra_prob``."""
     k_perm, k_par, k_extra = jax.random.split(key, 3)
     r = num_rooms
-    order = jax.random.permutation(k_perm, r)
+    order = _permutation(k_perm, r)
     adj = jnp.zeros((r, r), dtype=bool)
     if r > 1:
         pos = jnp.arange(1, r)
@@ -334,14 +367,14 @@ def reset(key: jax.Array, params: Params) -> tuple[dict[str, jax.Array], State]:
         adjacency = random_adjacency(k_graph, r)
     else:
         adjacency = jnp.asarray(released_adjacency(r))
-    bomb_room = jax.random.permutation(k_bomb, r)[:b].astype(jnp.int32)
+    bomb_room = _permutation(k_bomb, r)[:b].astype(jnp.int32)
     phases = jnp.asarray(bomb_phases(params))
-    perms = jax.vmap(lambda k: jax.random.permutation(k, NUM_COLOURS))(jax.random.split(k_seq, b))
+    perms = jax.vmap(lambda k: _permutation(k, NUM_COLOURS))(jax.random.split(k_seq, b))
     seq = jnp.where(jnp.arange(MAX_PHASES)[None, :] < phases[:, None], perms, -1).astype(jnp.int32)
     if params.start == "same":
         agent_room = jnp.full((a,), jax.random.randint(k_start, (), 0, r), dtype=jnp.int32)
     elif r >= a:
-        agent_room = jax.random.permutation(k_start, r)[:a].astype(jnp.int32)
+        agent_room = _permutation(k_start, r)[:a].astype(jnp.int32)
     else:
         agent_room = jax.random.randint(k_start, (a,), 0, r).astype(jnp.int32)
     zero = jnp.zeros((), jnp.int32)
@@ -382,7 +415,8 @@ def action_mask(state: State, params: Params) -> jax.Array:
     r = params.num_rooms
     here = state.bomb_room[None, :] == state.agent_room[:, None]  # [A, B]
     active_here = jnp.any(here & (state.bomb_status == ACTIVE)[None, :], axis=1)  # [A]
-    moves = state.adjacency[state.agent_room]  # [A, R]
+    at = state.agent_room[:, None] == jnp.arange(r)[None, :]  # [A, R] one-hot
+    moves = jnp.any(at[:, :, None] & state.adjacency[None, :, :], axis=1)  # [A, R] = adjacency[agent_room]
     moves = jnp.pad(moves, ((0, 0), (0, MAX_ROOMS - r)))
     cuts = jnp.asarray(tools(params)) & active_here[:, None]
     return jnp.concatenate([active_here[:, None], moves, cuts], axis=1)
@@ -404,41 +438,46 @@ class _Round(NamedTuple):
     explosions: jax.Array
 
 
-def _apply_one(agent: jax.Array, action: jax.Array, carry: _Round, state: State, params: Params) -> _Round:
-    """Applies one agent's action to the partial round state (one-hot arithmetic, no Python control flow)."""
+def _apply_one(is_me: jax.Array, actions: jax.Array, carry: _Round, state: State, params: Params) -> _Round:
+    """Applies the action of the agent selected by the one-hot ``is_me`` [A] to the partial round state.
+
+    One-hot arithmetic over the small agent / bomb / room / colour axes: no gathers, scatters or control flow.
+    """
     room, progress, status, knows, knows_that, witnessed, result, valid, reward, score, explosions = carry
     seq, bomb_room, adjacency, phases = state.bomb_seq, state.bomb_room, state.adjacency, state.bomb_phases
-    a_n = params.num_agents
+    r_n = params.num_rooms
     tool = jnp.asarray(tools(params))
-    agents = jnp.arange(a_n)
-    is_me = agents == agent
-    my_room = room[agent]
+    action = jnp.sum(jnp.where(is_me, actions, 0))
+    my_room = jnp.sum(jnp.where(is_me, room, 0))
     bomb_here = (bomb_room == my_room) & (status == ACTIVE)  # [B] one-hot or empty
     active = jnp.any(bomb_here)
-    k = jnp.argmax(bomb_here)
-    prog_k = progress[k]
-    next_colour = seq[k, jnp.minimum(prog_k, MAX_PHASES - 1)]
+    first = bomb_here & (jnp.cumsum(bomb_here) == 1)  # the bomb argmax(bomb_here) picks (zeros if none)
+    prog_k = jnp.sum(jnp.where(first, progress, 0))
+    seq_k = jnp.sum(jnp.where(first[:, None], seq, 0), axis=0)  # [3]
+    next_colour = jnp.sum(jnp.where(jnp.arange(MAX_PHASES) == jnp.minimum(prog_k, MAX_PHASES - 1), seq_k, 0))
+    phases_k = jnp.sum(jnp.where(first, phases, 0))
 
     is_inspect = action == 0
     is_move = (action >= 1) & (action <= MAX_ROOMS)
     is_cut = action >= 1 + MAX_ROOMS
-    target = jnp.clip(action - 1, 0, params.num_rooms - 1)
+    target = jnp.clip(action - 1, 0, r_n - 1)
     colour = jnp.clip(action - 1 - MAX_ROOMS, 0, NUM_COLOURS - 1)
-    move_ok = is_move & (action - 1 < params.num_rooms) & adjacency[my_room, target]
-    owned = tool[agent, colour]
+    rooms = jnp.arange(r_n)
+    edge = jnp.any(adjacency & (rooms == my_room)[:, None] & (rooms == target)[None, :])
+    move_ok = is_move & (action - 1 < r_n) & edge
+    owned = jnp.any(tool & is_me[:, None] & (jnp.arange(NUM_COLOURS) == colour)[None, :])
     cut_ok = is_cut & owned & active
     right = cut_ok & (next_colour == colour)
     wrong = cut_ok & (next_colour != colour)
     inspect_ok = is_inspect & active
-    defuse = right & (prog_k + 1 >= phases[k])
+    defuse = right & (prog_k + 1 >= phases_k)
     explode = wrong & (params.wrong_cut == "explode")
 
     # Inspect: the inspector learns k; everyone else in the room sees it happen.
     onehot_k = bomb_here & inspect_ok
     knows = knows | (is_me[:, None] & onehot_k[None, :])
     present = (room == my_room) & ~is_me  # [A]
-    knows_that = knows_that | (present[:, None, None] & is_me[None, :, None] & onehot_k[None, None, :])
-    knows_that = knows_that | (is_me[:, None, None] & is_me[None, :, None] & onehot_k[None, None, :])
+    knows_that = knows_that | ((present | is_me)[:, None, None] & is_me[None, :, None] & onehot_k[None, None, :])
     witnessed = witnessed | (present[:, None] & is_me[None, :] & inspect_ok)
 
     # Move, cut.
@@ -447,7 +486,7 @@ def _apply_one(agent: jax.Array, action: jax.Array, carry: _Round, state: State,
     progress = progress + cut_k.astype(jnp.int32)
     status = jnp.where(bomb_here & defuse, DEFUSED, status)
     status = jnp.where(bomb_here & explode, EXPLODED, status)
-    points = jnp.where(defuse, 10 * phases[k], 0)
+    points = jnp.where(defuse, 10 * phases_k, 0)
     score = score + points
     reward = reward + points.astype(jnp.float32)
     if params.shaping:
@@ -484,11 +523,15 @@ def _apply_one(agent: jax.Array, action: jax.Array, carry: _Round, state: State,
     return _Round(room, progress, status, knows, knows_that, witnessed, result, valid, reward, score, explosions)
 
 
+def _message_colour_room(messages: jax.Array, params: Params) -> tuple[jax.Array, jax.Array]:
+    """(colour id or -1, room index or -1) of each message id, by select chains over the constant tables."""
+    t = _tables(params)
+    return _lookup(t.message_colour, messages), _lookup(t.message_room, messages)
+
+
 def _tells(messages: jax.Array, state: State, params: Params) -> jax.Array:
     """bool [A, B]: the message of sender i names bomb k's remaining sequence (k active)."""
-    t = _tables(params)
-    rooms = jnp.asarray(t.message_room)[messages]  # [A, M]
-    cols = jnp.asarray(t.message_colour)[messages]  # [A, M]
+    cols, rooms = _message_colour_room(messages, params)  # [A, M]
     names_room = jnp.any(rooms[:, None, :] == state.bomb_room[None, :, None], axis=-1)  # [A, B]
     # Colour words of the message, compacted in order, first MAX_PHASES of them; count them.
     is_col = cols >= 0
@@ -501,10 +544,16 @@ def _tells(messages: jax.Array, state: State, params: Params) -> jax.Array:
     )
     # remaining sequence of each bomb, left-aligned: rem[k, s] = seq[k, progress + s]
     idx = state.bomb_progress[:, None] + slots[None, :]
-    rem = jnp.where(idx < MAX_PHASES, jnp.take_along_axis(state.bomb_seq, jnp.minimum(idx, MAX_PHASES - 1), 1), -1)
+    rem = jnp.where(idx < MAX_PHASES, _take_slots(state.bomb_seq, jnp.minimum(idx, MAX_PHASES - 1)), -1)
     n_rem = state.bomb_phases - state.bomb_progress  # [B]
     same = jnp.all(said[:, None, :] == rem[None, :, :], axis=-1) & (n_col[:, None] == n_rem[None, :])
     return names_room & same & (state.bomb_status == ACTIVE)[None, :]
+
+
+def _take_slots(seq: jax.Array, idx: jax.Array) -> jax.Array:
+    """``take_along_axis(seq, idx, 1)`` for [B, 3] arrays with ``idx`` in 0..2, by one-hot sums."""
+    pick = idx[:, :, None] == jnp.arange(MAX_PHASES)[None, None, :]  # [B, s, src]
+    return jnp.sum(jnp.where(pick, seq[:, None, :], 0), axis=-1)
 
 
 def step(
@@ -528,7 +577,7 @@ def step_state(
     messages = jnp.clip(jnp.asarray(messages, jnp.int32), 0, NUM_MESSAGE_IDS - 1)
     if params.silence:
         messages = jnp.zeros_like(messages)
-    order = jax.random.permutation(key, a_n)
+    rank = _permutation_ranks(key, a_n)  # agent i acts rank[i]-th (order = jax.random.permutation(key, a_n))
     carry = _Round(
         room=state.agent_room,
         progress=state.bomb_progress,
@@ -543,17 +592,17 @@ def step_state(
         explosions=state.explosions,
     )
     for p in range(a_n):
-        agent = order[p]
-        carry = _apply_one(agent, actions[agent], carry, state, params)
+        carry = _apply_one(rank == p, actions, carry, state, params)
     room, progress, status, knows, knows_that, witnessed, result, valid, reward, score, explosions = carry
 
     # Messages: a sender who knows k and names k's remaining sequence tells both teammates.
-    tells = _tells(messages, state._replace(bomb_progress=progress, bomb_status=status), params) & knows  # [A, B]
-    others = ~jnp.eye(a_n, dtype=bool)  # [i, j]
-    told = others[:, :, None] & tells[:, None, :]  # [i(sender), j(receiver), k]
-    knows = knows | jnp.any(told, axis=0)
-    # A message reaches the whole team, so the told bomb becomes common knowledge: everyone knows everyone knows.
-    knows_that = knows_that | jnp.any(told, axis=(0, 1))[None, None, :]
+    if not params.silence:  # silent messages tell nothing
+        tells = _tells(messages, state._replace(bomb_progress=progress, bomb_status=status), params) & knows
+        others = ~jnp.eye(a_n, dtype=bool)  # [i, j]
+        told = others[:, :, None] & tells[:, None, :]  # [i(sender), j(receiver), k]
+        knows = knows | jnp.any(told, axis=0)
+        # A message reaches the whole team, so the told bomb becomes common knowledge: everyone knows everyone knows.
+        knows_that = knows_that | jnp.any(told, axis=(0, 1))[None, None, :]
     sent = jnp.sum(jnp.any(messages > 0, axis=1)).astype(jnp.int32)
 
     rnd = state.round + 1
@@ -582,7 +631,13 @@ def step_state(
         terminated=no_active,
         done=no_active | (rnd >= params.max_rounds),
     )
-    new = jax.tree.map(lambda old, nw: jnp.where(state.done, old, nw), state, new)
+    constant = ("adjacency", "bomb_room", "bomb_seq", "bomb_phases")  # never change within an episode
+    new = State(
+        **{
+            f: nw if f in constant else jnp.where(state.done, old, nw)
+            for f, old, nw in zip(State._fields, state, new, strict=True)
+        }
+    )
     reward = jnp.where(state.done, 0.0, reward)
     valid = valid & ~state.done
     info = {
@@ -618,16 +673,35 @@ def remaining_sequence(state: State) -> jax.Array:
     """int32 [B, 3]: each bomb's remaining colours left-aligned, -1 padded (all -1 once inactive)."""
     slots = jnp.arange(MAX_PHASES)
     idx = state.bomb_progress[:, None] + slots[None, :]
-    rem = jnp.take_along_axis(state.bomb_seq, jnp.minimum(idx, MAX_PHASES - 1), 1)
+    rem = _take_slots(state.bomb_seq, jnp.minimum(idx, MAX_PHASES - 1))
     ok = (idx < state.bomb_phases[:, None]) & (state.bomb_status == ACTIVE)[:, None]
     return jnp.where(ok, rem, -1)
 
 
 def _compact(tokens: jax.Array, length: int) -> jax.Array:
-    """Removes pads (0) keeping order; pads / truncates to ``length``."""
+    """Removes pads (tokens <= 0) keeping order; pads / truncates to ``length``.
+
+    Each kept token moves left by the number of pads before it; the moves are applied one bit at a time
+    (shifts 1, 2, 4, ...): the shift amounts never decrease along the sequence, so no two tokens ever land on
+    the same slot. A handful of shifted selects instead of a scatter.
+    """
+    n = tokens.shape[-1]
     keep = tokens > 0
-    pos = jnp.where(keep, jnp.cumsum(keep) - 1, length)
-    return jnp.zeros((length,), jnp.int32).at[pos].set(tokens, mode="drop")
+    tok = jnp.where(keep, tokens, 0)
+    shift = jnp.where(keep, jnp.cumsum(~keep, axis=-1), 0)
+    step = 1
+    while step < n:
+        moving = (shift & step) != 0
+        pad = [(0, 0)] * (tok.ndim - 1) + [(0, step)]
+        in_tok = jnp.pad(tok[..., step:], pad)
+        in_shift = jnp.pad(shift[..., step:], pad)
+        in_moving = jnp.pad(moving[..., step:], pad)
+        tok = jnp.where(in_moving, in_tok, jnp.where(moving, 0, tok))
+        shift = jnp.where(in_moving, in_shift, jnp.where(moving, 0, shift))
+        step *= 2
+    if n >= length:
+        return tok[..., :length]
+    return jnp.pad(tok, [(0, 0)] * (tok.ndim - 1) + [(0, length - n)])
 
 
 def observe(state: State, params: Params) -> dict[str, jax.Array]:
@@ -641,61 +715,67 @@ def observe(state: State, params: Params) -> dict[str, jax.Array]:
     mask = action_mask(state, params)
     tool = jnp.asarray(tools(params))
     number = lambda n: t.number0 + n  # noqa: E731
-    colour_word = lambda c: jnp.where(c >= 0, jnp.asarray(t.colour)[jnp.maximum(c, 0)], 0)  # noqa: E731
-    room_word = jnp.asarray(t.room_label)
-    names = jnp.asarray(t.name)
-    templates = jnp.asarray(t.templates)
-    msg_words = jnp.asarray(t.message_to_vocab)
+    colour_word = lambda c: jnp.where(c >= 0, _lookup(t.colour, jnp.maximum(c, 0)), 0)  # noqa: E731
+    room_word = lambda r: _lookup(t.room_label, r)  # noqa: E731
+    names = [int(v) for v in t.name]
+    msg_words = _lookup(t.message_to_vocab, state.messages)  # [A, M]
     visible = params.teammates == "visible"
+    phases_left = state.bomb_phases - state.bomb_progress  # [B]
+    mate_rooms = room_word(state.agent_room) if visible else None  # [A]
 
-    def one(i: jax.Array) -> tuple[jax.Array, jax.Array]:
-        my_room = state.agent_room[i]
+    def one(is_i: jax.Array) -> tuple[jax.Array, jax.Array]:
+        pick = lambda x: jnp.sum(jnp.where(is_i.reshape(-1, *[1] * (x.ndim - 1)), x, 0), axis=0)  # noqa: E731
+        my_room = pick(state.agent_room)
         here = (state.bomb_room == my_room) & (state.bomb_status == ACTIVE)
         present = jnp.any(here)
-        k = jnp.argmax(here)
-        known = state.knows[i, k] & present
-        left = jnp.where(present, state.bomb_phases[k] - state.bomb_progress[k], 0)
-        seq_here = jnp.where(known, rem[k], -1)  # [3]
-        others = (state.agent_room == my_room) & (agents != i)
+        first = here & (jnp.cumsum(here) == 1)  # the bomb argmax(here) picks (zeros if none)
+        known = jnp.any(pick(state.knows) & first) & present
+        left = jnp.where(present, jnp.sum(jnp.where(first, phases_left, 0)), 0)
+        rem_k = jnp.sum(jnp.where(first[:, None], rem, 0), axis=0)  # [3] (only read when present)
+        seq_here = jnp.where(known, rem_k, -1)  # [3]
+        others = (state.agent_room == my_room) & ~is_i
 
         # -- vector
         room_oh = jax.nn.one_hot(my_room, MAX_ROOMS)
         who = (state.agent_room == my_room).astype(jnp.float32)
         seq_oh = jax.nn.one_hot(seq_here, NUM_COLOURS).reshape(-1)  # -1 -> zeros
-        mates = jax.nn.one_hot(state.agent_room, MAX_ROOMS) * (agents != i)[:, None]
+        mates = jax.nn.one_hot(state.agent_room, MAX_ROOMS) * (~is_i)[:, None]
         mates = mates * visible
         vec = jnp.concatenate(
             [
                 room_oh,
-                tool[i].astype(jnp.float32),
+                pick(tool).astype(jnp.float32),
                 who,
                 jnp.stack([present, left / MAX_PHASES, known]).astype(jnp.float32),
                 seq_oh,
                 jnp.stack([state.score / max(max_score(params), 1), state.round / params.max_rounds]),
                 mates.reshape(-1),
-                jax.nn.one_hot(i, a_n),
+                is_i.astype(jnp.float32),
             ]
         ).astype(jnp.float32)
 
         # -- tokens (fixed slots, compacted)
-        act = state.last_action[i]
+        act = pick(state.last_action)
         fill = {
             P_COLOUR: colour_word(jnp.clip(act - 1 - MAX_ROOMS, 0, NUM_COLOURS - 1)),
-            P_ROOM: room_word[jnp.clip(act - 1, 0, MAX_ROOMS - 1)],
-            P_S0: colour_word(jnp.where(present, rem[k, 0], -1)),
-            P_S1: colour_word(jnp.where(present, rem[k, 1], -1)),
-            P_S2: colour_word(jnp.where(present, rem[k, 2], -1)),
+            P_ROOM: room_word(jnp.clip(act - 1, 0, MAX_ROOMS - 1)),
+            P_S0: colour_word(jnp.where(present, rem_k[0], -1)),
+            P_S1: colour_word(jnp.where(present, rem_k[1], -1)),
+            P_S2: colour_word(jnp.where(present, rem_k[2], -1)),
             P_LEFT: number(left),
         }
-        tpl = templates[state.last_result[i]]
+        last_result = pick(state.last_result)
+        tpl = jnp.zeros((TEMPLATE_LEN,), jnp.int32)
+        for code, row in enumerate(t.templates):
+            tpl = jnp.where(last_result == code, jnp.asarray(row), tpl)
         res = tpl
         for ph, val in fill.items():
             res = jnp.where(tpl == ph, val, res)
         header = jnp.stack([w["round"], number(state.round), w["score"], number(state.score)])
         contents = jnp.concatenate(
             [
-                jnp.stack([w["room"], room_word[my_room], w["contents"], jnp.where(present, w["bomb"], 0)]),
-                jnp.where(others, names, 0),
+                jnp.stack([w["room"], room_word(my_room), w["contents"], jnp.where(present, w["bomb"], 0)]),
+                jnp.where(others, jnp.asarray(t.name), 0),
             ]
         )
         bomb = jnp.stack(
@@ -709,20 +789,19 @@ def observe(state: State, params: Params) -> dict[str, jax.Array]:
             ]
         )
         parts = [header, res, contents, bomb]
+        saw_row = pick(state.witnessed)  # [A]: i saw j inspect
         for j in range(a_n):
-            me = i == j
-            saw = state.witnessed[i, j] & ~me
-            parts.append(jnp.where(saw, jnp.stack([names[j], w["inspected"], w["the"], w["bomb"]]), 0))
+            me = is_i[j]
+            saw = saw_row[j] & ~me
+            parts.append(jnp.where(saw, jnp.asarray([names[j], w["inspected"], w["the"], w["bomb"]]), 0))
             if visible:
-                parts.append(
-                    jnp.where(~me, jnp.stack([names[j], w["in"], w["room"], room_word[state.agent_room[j]]]), 0)
-                )
+                parts.append(jnp.where(~me, jnp.stack([names[j], w["in"], w["room"], mate_rooms[j]]), 0))
             if not params.silence:
                 msg = state.messages[j]
                 speaks = jnp.any(msg > 0) & ~me
-                parts.append(jnp.where(speaks, jnp.concatenate([jnp.stack([names[j], w["says"]]), msg_words[msg]]), 0))
-        tokens = _compact(jnp.concatenate(parts), params.token_len)
-        return vec, tokens
+                words = jnp.concatenate([jnp.asarray([names[j], w["says"]]), msg_words[j]])
+                parts.append(jnp.where(speaks, words, 0))
+        return vec, jnp.concatenate(parts)
 
-    vector, tokens = jax.vmap(one)(agents)
-    return {"vector": vector, "action_mask": mask, "tokens": tokens}
+    vector, tokens = jax.vmap(one)(agents[:, None] == agents[None, :])
+    return {"vector": vector, "action_mask": mask, "tokens": _compact(tokens, params.token_len)}
