@@ -75,6 +75,9 @@ class Agent:
         self.heads = ac.action_heads(act_spec)
         self.act_spec = act_spec
         self.tx = make_optimizer(cfg.opt)
+        if config.replay.priority_signal not in ("model", "heads"):
+            raise ValueError(f"replay.priority_signal={config.replay.priority_signal!r} is not known; "
+                             "use 'model' or 'heads'.")
         nets = Nets(self.keys, self.heads, cfg, rngs=nnx.Rngs(0), dtype=self.dtype)
         self.graph, params = nnx.split(nets, nnx.Param)
         self.critic_graph, _ = nnx.split(nets.critic, nnx.Param)
@@ -200,13 +203,16 @@ class Agent:
             "imag/entropy": ent.mean(), "imag/retnorm_scale": norm, "imag/adv_std": adv.std(),
             "wm/kl": jnp.maximum(wm_losses["dyn"], 0).mean(),
         })
-        return total, (metrics, new_retnorm, {**post, "loss": sg(wm_total)})
+        signal = self.config.replay.priority_signal
+        prio = wm_losses["reward"] + wm_losses["cont"] if signal == "heads" else wm_total
+        return total, (metrics, new_retnorm, {**post, "loss": sg(prio)})
 
     def _train(self, ts, batch):
         """One update of world model, actor and critic on one batch. Returns (state, metrics, posteriors).
 
         `posteriors` holds the latent states {deter, stoch} [B, T, ...] (written back to replay) and `loss` [B, T],
-        the world-model loss of every step (the replay's sampling priority)."""
+        the replay's sampling priority of every step: the world-model loss (`replay.priority_signal: model`) or
+        the reward + continue losses (`heads`: rare rewards and episode ends stand out)."""
         self.traces["train"] += 1
         key, sub = jax.random.split(ts["key"])
         grads, (metrics, retnorm, post) = jax.grad(self._losses, has_aux=True)(

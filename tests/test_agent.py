@@ -563,3 +563,9 @@ def test_auto_compute_dtype_is_float32_on_cpu():
     assert cfg.jax.compute_dtype == "auto"
     agent = Agent({"vector": OBS_SPEC["vector"]}, specs.DiscreteArray(2, name="action"), cfg)
     assert agent.dtype == jnp.float32
+
+
+def test_unknown_priority_signal_is_rejected():
+    cfg = config.load(["debug"], {"replay.priority_signal": "rewards"})
+    with pytest.raises(ValueError, match="priority_signal='rewards'.*'model' or 'heads'"):
+        Agent({"vector": OBS_SPEC["vector"]}, specs.DiscreteArray(2, name="action"), cfg)
