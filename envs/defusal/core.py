@@ -679,29 +679,12 @@ def remaining_sequence(state: State) -> jax.Array:
 
 
 def _compact(tokens: jax.Array, length: int) -> jax.Array:
-    """Removes pads (tokens <= 0) keeping order; pads / truncates to ``length``.
-
-    Each kept token moves left by the number of pads before it; the moves are applied one bit at a time
-    (shifts 1, 2, 4, ...): the shift amounts never decrease along the sequence, so no two tokens ever land on
-    the same slot. A handful of shifted selects instead of a scatter.
-    """
-    n = tokens.shape[-1]
+    """Removes pads (tokens <= 0) keeping order; pads / truncates to ``length`` (last axis; any leading axes)."""
+    if tokens.ndim > 1:
+        return jax.vmap(lambda x: _compact(x, length))(tokens)
     keep = tokens > 0
-    tok = jnp.where(keep, tokens, 0)
-    shift = jnp.where(keep, jnp.cumsum(~keep, axis=-1), 0)
-    step = 1
-    while step < n:
-        moving = (shift & step) != 0
-        pad = [(0, 0)] * (tok.ndim - 1) + [(0, step)]
-        in_tok = jnp.pad(tok[..., step:], pad)
-        in_shift = jnp.pad(shift[..., step:], pad)
-        in_moving = jnp.pad(moving[..., step:], pad)
-        tok = jnp.where(in_moving, in_tok, jnp.where(moving, 0, tok))
-        shift = jnp.where(in_moving, in_shift, jnp.where(moving, 0, shift))
-        step *= 2
-    if n >= length:
-        return tok[..., :length]
-    return jnp.pad(tok, [(0, 0)] * (tok.ndim - 1) + [(0, length - n)])
+    pos = jnp.where(keep, jnp.cumsum(keep.astype(jnp.int32)) - 1, length)  # int32 cumsum: far cheaper than bool
+    return jnp.zeros((length,), jnp.int32).at[pos].set(tokens, mode="drop")
 
 
 def observe(state: State, params: Params) -> dict[str, jax.Array]:
