@@ -25,7 +25,8 @@ placeholders) plus, for hinted worlds, the words the world declares via ``langua
 
 A wrapped env may optionally implement the hinted-world protocol (see :mod:`envs.hinted_grid`):
 ``language_words()``, ``utterances()`` → ``[(kind, sentence)]`` with kind ``"task"`` or ``"event"``,
-``preread_sentences()``, ``idle_sentences()`` → ``(corrections, descriptions)``, ``oracle_action()``.
+``preread_sentences()``, ``idle_sentences()`` → ``(corrections, descriptions)`` (sequences; asked for only on the
+steps where the stream could say one), ``oracle_action()``.
 """
 
 from __future__ import annotations
@@ -48,6 +49,8 @@ from envs.stream import TokenStream
 from envs.text import Vocabulary, normalise
 
 NAME = "minigrid"
+_MID = dm_env.StepType.MID
+_INT32, _BOOL, _OBJECT = np.dtype(np.int32), np.dtype(np.bool_), np.dtype(np.object_)
 DEFAULTS: dict[str, Any] = {
     "id": "BabyAI-GoToLocal-v0",
     "obs": "rgb",
@@ -107,9 +110,16 @@ def check_int(world: str, option: str, value: Any, low: int, high: int | None = 
     return int(value)
 
 
+_INTEGERS = (int, np.integer)
+
+
 def validate_action(action: Any, spec: specs.DiscreteArray, world: str) -> int:
     """Returns ``action`` as an int or raises a ``ValueError`` naming ``spec`` and ``world``."""
-    where = f"{spec!r} for {world!r}"
+    if isinstance(action, _INTEGERS) and not isinstance(action, bool):  # the common case, kept cheap
+        value = int(action)
+        if 0 <= value < spec.num_values:
+            return value
+    where = f"{spec!r} for {world!r}"  # only built for errors and array-like actions: repr(spec) is slow
     if isinstance(action, bool | np.bool_):
         raise ValueError(f"action {action!r} is a bool, not an integer in {where}")
     if isinstance(action, int | np.integer):
@@ -143,24 +153,44 @@ def mission_words(env: gym.Env, limit: int = 20000) -> list[str]:
     return list(words)
 
 
+# (where, offset, runs): see EgoRenderer._layout
+_Layout = tuple[np.ndarray, np.ndarray, tuple[tuple[int, int, int, int, np.ndarray], ...]]
+
+
 class EgoRenderer:
-    """Draws minigrid's symbolic 7×7 egocentric view as an RGB image of ``size``×``size`` pixels."""
+    """Draws minigrid's symbolic 7×7 egocentric view as an RGB image of ``size``×``size`` pixels.
+
+    Each view cell is one of minigrid's tiles (``tile`` = ceil(size / 7) pixels) and the 7·tile image is
+    shrunk to ``size`` by nearest neighbour. So cell column ``j`` covers a fixed run of output columns and
+    shows a fixed subset of its tile's pixel columns: for every (tile, column, tile row) the bytes of that
+    piece of an output row are ready-made. A frame is one dot product (the 49 tile codes), one index gather,
+    one gather of pieces per run of equally wide columns (1 to 6 runs; 2 at size 64) and one copy per run
+    into the image. Pixel for pixel the same as resizing the full 7·tile image.
+
+    The gathered pieces are kept (private buffers): for a view identical to the previous call's (an action
+    that changed nothing in sight) the gathering is skipped. ``reuse = False`` gathers for every frame.
+    """
 
     _tables: dict[int, np.ndarray] = {}
+    _layouts: dict[int, _Layout] = {}
 
     def __init__(self, size: int = 64) -> None:
         self.size = size
         tile = -(-size // VIEW)
         self.table = self._table(tile)
-        pix = (np.arange(size) * VIEW * tile) // size
-        cell, sub = pix // tile, pix % tile
-        # Per output pixel: which of the 49 view cells it shows and which pixel of that cell's tile.
-        self._cell = (cell[:, None] * VIEW + cell[None, :]).reshape(-1)
-        self._sub = (sub[:, None] * tile + sub[None, :]).reshape(-1)
-        self._tile_pixels = tile * tile
-        rgba = np.zeros((self.table.shape[0] * tile * tile, 4), dtype=np.uint8)
-        rgba[:, :3] = self.table.reshape(-1, 3)
-        self._packed = rgba.view(np.uint32).reshape(-1)  # one uint32 per pixel: a single fast gather
+        self._where, self._offset, runs = self._layout(size)
+        # code · 7 · tile, code = (object · colours + colour) · 3 + state: one dot product for all 49 cells
+        step = VIEW * tile
+        self._weights = np.array([len(COLOR_TO_IDX) * 3 * step, 3 * step, step], dtype=np.intp)
+        self._index = np.empty_like(self._where)
+        # per run: (pieces, its part of the index, gathered pieces, where they go in the image, their bytes)
+        self._runs = []
+        for start, stop, lo, hi, pieces in runs:
+            gathered = np.empty(stop - start, dtype=pieces.dtype)
+            place = (slice(None), slice(lo, hi))
+            self._runs.append((pieces, slice(start, stop), gathered, place, gathered.view(np.uint8).reshape(size, -1)))
+        self.reuse = True
+        self._last_view: bytes | None = None
 
     @classmethod
     def _table(cls, tile: int) -> np.ndarray:
@@ -177,6 +207,51 @@ class EgoRenderer:
             cls._tables[tile] = table
         return cls._tables[tile]
 
+    @classmethod
+    def _layout(cls, size: int) -> _Layout:
+        """Gather plan for ``size``: ``(where, offset, runs)``.
+
+        A run is a stretch of equally wide cell columns; ``runs`` holds ``(start, stop, lo, hi, pieces)`` per
+        run: ``pieces`` has one numpy void item per (tile, cell column, tile row), in that order, the tile
+        row's bytes at the column's output pixels (columns outside the run are left blank, so one formula
+        indexes every run and a tile's pieces lie together in memory); the run's pieces fill bytes ``lo:hi``
+        of every output row. Items ``start:stop`` of the flat ``where`` / ``offset`` (run by run, then output
+        row, then column) give the view cell shown there (flat index into minigrid's [x, y] view) and what
+        to add to that cell's ``code · 7 · tile`` to get the piece: ``column · tile + tile row``, plus the
+        agent-drawn tiles for the agent's own cell.
+        """
+        if size not in cls._layouts:
+            tile = -(-size // VIEW)
+            table = cls._table(tile)
+            pix = (np.arange(size) * VIEW * tile) // size  # nearest-neighbour source pixel of each output pixel
+            cell, sub = pix // tile, pix % tile
+            start = np.searchsorted(cell, np.arange(VIEW + 1))  # first output pixel of each cell (and the end)
+            width = np.diff(start)
+            agent_cell = (VIEW // 2) * VIEW + VIEW - 1  # minigrid's view is [x, y]; the agent is at x = 3, y = 6
+            wheres, offsets, runs = [], [], []
+            first = n_items = 0
+            while first < VIEW:
+                end = first + 1
+                while end < VIEW and width[end] == width[first]:
+                    end += 1
+                w = int(width[first])
+                pieces = np.zeros((table.shape[0], VIEW, tile, w, 3), dtype=np.uint8)
+                for j in range(first, end):
+                    pieces[:, j] = table[:, :, sub[start[j] : start[j + 1]], :]
+                pieces = pieces.reshape(-1, w * 3).view(f"V{w * 3}").reshape(-1)
+                columns = np.arange(first, end)[None, :]
+                where = columns * VIEW + cell[:, None]  # [size, end - first]
+                offset = columns * tile + sub[:, None] + (where == agent_cell) * (_N_CODES * VIEW * tile)
+                wheres.append(where.reshape(-1))
+                offsets.append(offset.reshape(-1))
+                runs.append((n_items, n_items + where.size, 3 * int(start[first]), 3 * int(start[end]), pieces))
+                n_items += where.size
+                first = end
+            where_all = np.concatenate(wheres).astype(np.intp)
+            offset_all = np.concatenate(offsets).astype(np.intp)
+            cls._layouts[size] = (where_all, offset_all, tuple(runs))
+        return cls._layouts[size]
+
     def codes(self, symbolic: np.ndarray) -> np.ndarray:
         """[7, 7] row-major tile codes of minigrid's [x, y, 3] encoding (agent cell marked)."""
         sym = symbolic.astype(np.int64)
@@ -185,9 +260,23 @@ class EgoRenderer:
         return codes
 
     def __call__(self, symbolic: np.ndarray) -> np.ndarray:
-        index = self.codes(symbolic).reshape(-1)[self._cell] * self._tile_pixels + self._sub
-        rgba = np.take(self._packed, index).view(np.uint8).reshape(self.size, self.size, 4)
-        return np.ascontiguousarray(rgba[..., :3])
+        """A new [size, size, 3] uint8 image of minigrid's [7, 7, 3] encoded view ``symbolic``.
+
+        The codes are assumed valid (as minigrid encodes them): the gathers clip rather than check bounds.
+        """
+        key = symbolic.tobytes()
+        if key != self._last_view or not self.reuse:
+            index = self._index
+            np.take(symbolic.reshape(VIEW * VIEW, 3) @ self._weights, self._where, out=index, mode="clip")
+            index += self._offset
+            for pieces, part, gathered, _, _ in self._runs:
+                np.take(pieces, index[part], out=gathered, mode="clip")
+            self._last_view = key
+        size = self.size
+        out = np.empty((size, 3 * size), dtype=np.uint8)
+        for _, _, _, place, block in self._runs:
+            out[place] = block
+        return out.reshape(size, size, 3)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -221,6 +310,7 @@ class GymAdapter(dm_env.Environment):
         self._gym = env
         self._env = env.unwrapped
         self._hinted = hasattr(self._env, "utterances")
+        self._idle_sentences = getattr(self._env, "idle_sentences", None) if self._hinted else None
         words = mission_words(self._env) + list(extra_words)
         if hasattr(self._env, "language_words"):
             words += list(self._env.language_words())
@@ -235,6 +325,7 @@ class GymAdapter(dm_env.Environment):
         )
         self._renderer = EgoRenderer(image_size) if self._obs_kind == "rgb" else None
         self._action_spec = specs.DiscreteArray(int(env.action_space.n), dtype=np.int32, name="action")
+        self._n_actions = self._action_spec.num_values
         obs_spec: dict[str, specs.Array] = {}
         if self._obs_kind == "rgb":
             obs_spec["image"] = specs.BoundedArray(
@@ -306,11 +397,14 @@ class GymAdapter(dm_env.Environment):
         return dm_env.restart(self._observation(raw))
 
     def step(self, action: Any) -> dm_env.TimeStep:
-        a = validate_action(action, self._action_spec, self._name)
+        if type(action) is int and 0 <= action < self._n_actions:  # fast path of validate_action
+            a = action
+        else:
+            a = validate_action(action, self._action_spec, self._name)
         if self._needs_reset:
             return self.reset()
         if self._reading:  # frozen world: same picture, next hint tokens
-            return dm_env.transition(0.0, self._observation(None))
+            return dm_env.TimeStep(_MID, 0.0, 1.0, self._observation(None))
         raw, reward, terminated, truncated, _ = self._env.step(a)
         self._listen()
         obs = self._observation(raw)
@@ -320,7 +414,7 @@ class GymAdapter(dm_env.Environment):
         if truncated:
             self._needs_reset = True
             return dm_env.truncation(float(reward), obs)
-        return dm_env.transition(float(reward), obs)
+        return dm_env.TimeStep(_MID, float(reward), 1.0, obs)  # = dm_env.transition, one call less
 
     def close(self) -> None:
         self._gym.close()
@@ -340,19 +434,20 @@ class GymAdapter(dm_env.Environment):
     def _observation(self, raw: dict[str, Any] | None) -> dict[str, Any]:
         if raw is None:
             obs = dict(self._last)  # type: ignore[arg-type]
+        elif self._renderer is not None:
+            obs = {"image": self._renderer(raw["image"]), "direction": np.array(raw["direction"], dtype=_INT32)}
         else:
-            obs = {}
-            if self._renderer is not None:
-                obs["image"] = self._renderer(raw["image"])
-            else:
-                obs["grid"] = np.ascontiguousarray(raw["image"].transpose(1, 0, 2), dtype=np.int32)
-            obs["direction"] = np.asarray(raw["direction"], dtype=np.int32)
-        corrections, descriptions = self._env.idle_sentences() if self._hinted else ((), ())
-        tokens, text, reading = self._stream.next(corrections, descriptions)
+            obs = {
+                "grid": np.ascontiguousarray(raw["image"].transpose(1, 0, 2), dtype=_INT32),
+                "direction": np.array(raw["direction"], dtype=_INT32),
+            }
+        # The world's idle sentences are only asked for when the stream could say one (lazy: building them
+        # every step cost more than the rest of the language stream).
+        tokens, text, reading = self._stream.next(idle=self._idle_sentences)
         self._reading = reading
         obs["tokens"] = tokens
-        obs["is_read_step"] = np.asarray(reading, dtype=np.bool_)
-        obs["log_text"] = np.asarray(text, dtype=np.object_)
+        obs["is_read_step"] = np.array(reading, dtype=_BOOL)
+        obs["log_text"] = np.array(text, dtype=_OBJECT)
         self._last = obs
         return obs
 

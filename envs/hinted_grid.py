@@ -27,7 +27,7 @@ Every world offers ``oracle_action()`` (a scripted policy reading the privileged
 from __future__ import annotations
 
 from collections import deque
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
 import dm_env
@@ -40,6 +40,7 @@ from minigrid.minigrid_env import MiniGridEnv
 from minigrid.utils.rendering import fill_coords, point_in_rect
 
 from envs.gym_adapter import GymAdapter, check_int
+from envs.stream import LazySentences
 
 ROOM_NAMES: tuple[str, ...] = ("kitchen", "bedroom", "bathroom", "office", "garage", "hall")
 PICKABLE = ("ball", "key")
@@ -162,6 +163,17 @@ class HintedGrid(MiniGridEnv):
 
     def oracle_action(self) -> int:
         raise NotImplementedError
+
+    # -- reference returns (read by the launcher's summary and the learning benchmark) ----------
+    @property
+    def optimal_return(self) -> float | None:
+        """Return of the oracle that reads the language (1.0 in the one-target worlds)."""
+        return 1.0
+
+    @property
+    def chance_return(self) -> float | None:
+        """Best expected return without the language: a uniform guess among the candidates it names."""
+        return None
 
     # -- layout ---------------------------------------------------------------------------------
     def _reward(self) -> float:
@@ -286,6 +298,10 @@ class TaskWorld(_PickTarget):
         self.n_objects = objects
         super().__init__(1, 1, room, max_steps)
 
+    @property
+    def chance_return(self) -> float:
+        return 1.0 / self.n_objects
+
     def _gen_grid(self, width: int, height: int) -> None:
         self._layout(width, height)
         kinds = [(c, t) for c in COLOR_NAMES for t in (*PICKABLE, "box")]
@@ -305,6 +321,10 @@ class FutureWorld(_PickTarget):
 
     def __init__(self, rows: int, cols: int, room: int, max_steps: int = 100) -> None:
         super().__init__(rows, cols, room, max_steps)
+
+    @property
+    def chance_return(self) -> float:
+        return 1.0 / (self.rows * self.cols - 1)  # the target is never in the start room
 
     def _gen_grid(self, width: int, height: int) -> None:
         self._layout(width, height)
@@ -328,6 +348,10 @@ class DynamicsWorld(HintedGrid):
     def __init__(self, room: int, keys: int, max_steps: int = 100) -> None:
         self.n_keys = keys
         super().__init__(1, 2, room, max_steps)
+
+    @property
+    def chance_return(self) -> float:
+        return 1.0 / self.n_keys  # one try: a wrong key breaks the door
 
     def _gen_grid(self, width: int, height: int) -> None:
         self._layout(width, height)
@@ -372,6 +396,10 @@ class CorrectionWorld(_PickTarget):
         self._last_dist = 0
         super().__init__(1, 1, room, max_steps)
 
+    @property
+    def chance_return(self) -> float:
+        return 1.0 / self.n_balls
+
     def _gen_grid(self, width: int, height: int) -> None:
         self._layout(width, height)
         colour = self._colours(1)[0]
@@ -410,6 +438,10 @@ class HomeWorld(HintedGrid):
     def __init__(self, rows: int, cols: int, room: int, objects: int, bins: int, max_steps: int = 100) -> None:
         self.n_objects, self.n_bins = objects, bins
         super().__init__(rows, cols, room, max_steps)
+
+    @property
+    def optimal_return(self) -> None:
+        return None  # continual tasks: measure the oracle with run_baseline
 
     def _gen_grid(self, width: int, height: int) -> None:
         self._layout(width, height)
@@ -492,10 +524,10 @@ class HomeWorld(HintedGrid):
             self._new_task()
         return obs, reward, terminated, truncated, info
 
-    def idle_sentences(self) -> tuple[list[str], list[str]]:
-        return [], [
-            f"the {_name(o)} is in the {self.room_name(o.cur_pos)}" for o in self._available() if o is not self.carrying
-        ]
+    def idle_sentences(self) -> tuple[list[str], Sequence[str]]:
+        seen = [o for o in self._available() if o is not self.carrying]
+        # built only if the stream picks one (the stream asks on most silent steps, speaks on few)
+        return [], LazySentences(seen, lambda o: f"the {_name(o)} is in the {self.room_name(o.cur_pos)}")
 
     def sentences(self) -> list[str]:
         out = [self.mission, *self.idle_sentences()[1]]

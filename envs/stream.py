@@ -20,11 +20,46 @@ deterministic given that generator and the world's calls.
 from __future__ import annotations
 
 from collections import deque
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from typing import Generic, TypeVar, overload
 
 import numpy as np
 
 from envs.text import Vocabulary
+
+T = TypeVar("T")
+_INT32 = np.dtype(np.int32)
+
+
+class LazySentences(Sequence[str], Generic[T]):
+    """Sentences ``say(item)`` for ``items``, each built only when read.
+
+    For a world's idle sentences: the stream asks for them on most silent steps but speaks one of them on
+    few (``talk_p``), and picking one needs only their number.
+    """
+
+    __slots__ = ("_items", "_say")
+
+    def __init__(self, items: Sequence[T], say: Callable[[T], str]) -> None:
+        self._items = items
+        self._say = say
+
+    def __len__(self) -> int:
+        return len(self._items)
+
+    @overload
+    def __getitem__(self, index: int) -> str: ...
+
+    @overload
+    def __getitem__(self, index: slice) -> list[str]: ...
+
+    def __getitem__(self, index: int | slice) -> str | list[str]:
+        if isinstance(index, slice):
+            return [self._say(item) for item in self._items[index]]
+        return self._say(self._items[index])
+
+    def __repr__(self) -> str:
+        return f"LazySentences({list(self)!r})"
 
 
 class TokenStream:
@@ -98,19 +133,38 @@ class TokenStream:
         return bool(self._preread)
 
     # -- output -------------------------------------------------------------------------------
-    def next(self, corrections: Sequence[str] = (), descriptions: Sequence[str] = ()) -> tuple[np.ndarray, str, bool]:
-        """Returns ``(tokens int32 [tokens_per_step], text being said, is_read_step)`` for this step."""
+    def next(
+        self,
+        corrections: Sequence[str] = (),
+        descriptions: Sequence[str] = (),
+        idle: Callable[[], tuple[Sequence[str], Sequence[str]]] | None = None,
+    ) -> tuple[np.ndarray, str, bool]:
+        """Returns ``(tokens int32 [tokens_per_step], text being said, is_read_step)`` for this step.
+
+        ``corrections`` / ``descriptions`` are the idle sentences of rule 3. Alternatively ``idle`` is a
+        callable returning ``(corrections, descriptions)``; it is called only when rule 3 is reached (idle,
+        task not due, no event queued), so a world need not build its sentences on the other steps. The
+        tokens are the same either way.
+        """
         n = self.tokens_per_step
-        out = np.zeros(n, dtype=np.int32)
+        out = np.zeros(n, dtype=_INT32)
         if self._preread:
             chunk, self._preread = self._preread[:n], self._preread[n:]
             out[: len(chunk)] = chunk
             return out, self._preread_text, True
         if not self._current:
-            self._idle(corrections, descriptions)
-        text = self._current_text if self._current else ""
-        chunk, self._current = self._current[:n], self._current[n:]
-        out[: len(chunk)] = chunk
+            self._idle(corrections, descriptions, idle)
+            if not self._current:  # silence
+                self._since_task += 1
+                return out, "", False
+        text = self._current_text
+        current = self._current
+        if len(current) <= n:
+            out[: len(current)] = current
+            self._current = []
+        else:
+            out[:] = current[:n]
+            self._current = current[n:]
         self._since_task += 1
         return out, text, False
 
@@ -118,12 +172,20 @@ class TokenStream:
         self._current = self.vocab.encode(sentence)
         self._current_text = sentence
 
-    def _idle(self, corrections: Sequence[str], descriptions: Sequence[str]) -> None:
+    def _idle(
+        self,
+        corrections: Sequence[str],
+        descriptions: Sequence[str],
+        idle: Callable[[], tuple[Sequence[str], Sequence[str]]] | None,
+    ) -> None:
         if self.task is not None and self._since_task >= self.repeat_every:
             self._start(self.task)
             self._since_task = 0
         elif self._events:
             self._start(self._events.popleft())
-        elif (corrections or descriptions) and self.rng.random() < self.talk_p:
-            pool = corrections if corrections else descriptions
-            self._start(pool[int(self.rng.integers(len(pool)))])
+        else:
+            if idle is not None:
+                corrections, descriptions = idle()
+            if (corrections or descriptions) and self.rng.random() < self.talk_p:
+                pool = corrections if corrections else descriptions
+                self._start(pool[int(self.rng.integers(len(pool)))])
