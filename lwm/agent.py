@@ -24,7 +24,7 @@ import optax
 from flax import nnx
 
 from lwm import actor_critic as ac
-from lwm import dists
+from lwm import dists, parallel
 from lwm.world_model import WorldModel, obs_keys
 
 sg = jax.lax.stop_gradient
@@ -61,8 +61,10 @@ def make_optimizer(opt) -> optax.GradientTransformation:
 class Agent:
     """Builds the networks for the given specs and config; exposes jitted pure functions."""
 
-    def __init__(self, obs_spec: Mapping[str, Any], act_spec: Any, config):
+    def __init__(self, obs_spec: Mapping[str, Any], act_spec: Any, config, mesh: jax.sharding.Mesh | None = None):
+        """`mesh` (from `parallel.mesh_from_config`): data-parallel train step; None = one device, plain jit."""
         self.config = config
+        self.mesh = mesh
         cfg = config.agent
         name = config.jax.compute_dtype
         if name == "auto":  # float32 on CPU (bf16 is no faster there), bfloat16 on GPU/TPU
@@ -89,20 +91,45 @@ class Agent:
         self.traces = {"policy": 0, "train": 0, "report": 0}
         self.train = jax.jit(self._train, donate_argnums=(0,))
         self.report = jax.jit(self._report)
+        if mesh is not None:
+            self._shard(mesh)
+
+    def _shard(self, mesh: jax.sharding.Mesh) -> None:
+        """Data parallel over `mesh`: the train step takes a replicated state and a batch split along B.
+
+        The state's buffers are donated (updated in place). Policy and report run on this process's first
+        device with a view of the replicated parameters (`parallel.local_view`): a host's environment batch
+        is small, need not divide by the devices, and stays on its own host.
+        """
+        parallel.check_batch_size(self.config.batch_size, mesh)
+        state, data = parallel.replicated(mesh), parallel.batch_sharding(mesh)
+        self.train = jax.jit(self._train, in_shardings=(state, data), out_shardings=(state, state, data),
+                             donate_argnums=(0,))
+        policy, report = self.policy, self.report
+        self.policy = lambda params, *args, **kw: policy(parallel.local_view(params), *args, **kw)
+        self.report = lambda params, *args, **kw: report(parallel.local_view(params), *args, **kw)
+
+    def shard_batch(self, batch: dict) -> dict:
+        """A host batch of this process as the train step's input: split over the mesh (unchanged without one)."""
+        return batch if self.mesh is None else parallel.shard_batch(batch, self.mesh)
+
+    def place_state(self, ts: dict) -> dict:
+        """A train state (fresh or restored from a checkpoint) replicated on the mesh (unchanged without one)."""
+        return ts if self.mesh is None else parallel.replicate(ts, self.mesh)
 
     # ----------------------------------------------------------------------------------------------- init
     def init(self, seed: int) -> dict:
         """A fresh train state: parameters from `seed`, zero optimizer state, slow critic = critic."""
         nets = Nets(self.keys, self.heads, self.config.agent, rngs=nnx.Rngs(seed), dtype=self.dtype)
         _, params = nnx.split(nets, nnx.Param)
-        return {
+        return self.place_state({
             "params": params,
             "opt": self.tx.init(params),
             "slow": jax.tree.map(jnp.copy, params["critic"]),
             "retnorm": jnp.zeros((2,), jnp.float32),
             "step": jnp.zeros((), jnp.int32),
             "key": jax.random.key(seed + 1),
-        }
+        })
 
     def init_policy(self, num: int) -> dict:
         r = self.config.agent.rssm
@@ -223,6 +250,15 @@ class Agent:
         slow = jax.tree.map(lambda s, p: (1 - rate) * s + rate * p, ts["slow"], params["critic"])
         metrics["opt/grad_norm"] = optax.tree.norm(grads)
         metrics["opt/update_norm"] = optax.tree.norm(updates)
+        # Non-finite guard: `train/finite` is false when any loss or norm is NaN or infinite. With
+        # run.nonfinite=skip such an update is not applied (the old params, optimizer state, slow critic and return
+        # norm are kept; the key still advances); with `stop` the loop stops on it.
+        finite = jnp.all(jnp.stack([jnp.all(jnp.isfinite(v)) for v in metrics.values()]))
+        metrics["train/finite"] = finite
+        if self.config.run.nonfinite == "skip":
+            params, opt, slow, retnorm = jax.tree.map(
+                lambda n, o: jnp.where(finite, n, o), (params, opt, slow, retnorm),
+                (ts["params"], ts["opt"], ts["slow"], ts["retnorm"]))
         new = {"params": params, "opt": opt, "slow": slow, "retnorm": retnorm, "step": ts["step"] + 1, "key": key}
         return new, metrics, post
 
@@ -256,8 +292,9 @@ class Agent:
         _, imagined = jax.lax.scan(step, last, (jnp.swapaxes(prev[:, context:], 0, 1), keys))
         imagined = jax.tree.map(lambda x: jnp.swapaxes(x, 0, 1), imagined)
         states = jax.tree.map(lambda a, b: jnp.concatenate([a, b], 1), post, imagined)
-        pred = wm.decoder.predict(wm.rssm.feat(states))
-        out = {"pred": pred, "reward": wm.reward_mean(wm.rssm.feat(states))}
+        feats = wm.rssm.feat(states)
+        pred = wm.decoder.predict(feats)
+        out = {"pred": pred, "reward": wm.reward_mean(feats), "cont": wm.cont_prob(feats)}
         for k in self.keys:
             p, x = pred[k.name], obs[k.name]
             axes = tuple(range(2, x.ndim))
