@@ -82,6 +82,11 @@ def _worker() -> dict:
     out["mesh"] = dict(mesh.shape)
     out["err_shard"] = error(lambda: parallel.shard_batch(_batch(cfg, 0, size=6), mesh))
     batches = [_batch(cfg, seed) for seed in range(UPDATES)]
+    try:
+        from lwm import checkpoint as ckpt_lib
+    except ImportError:  # the checkpoint module is optional here
+        ckpt_lib = None
+    ckpt_dir = Path(os.environ["LWM_TEST_CKPT_DIR"])
     runs = {}
     for name, m in (("single", None), ("mesh", mesh)):
         agent = Agent(obs_spec, act_spec, cfg, mesh=m)
@@ -90,6 +95,23 @@ def _worker() -> dict:
         for batch in batches:  # new batch values each update: no retrace
             ts, metrics, post = agent.train(ts, agent.shard_batch(batch))
             losses.append({k: float(v) for k, v in parallel.to_host(metrics).items()})
+        if ckpt_lib is not None and m is None:  # saved from one device ...
+            saver = ckpt_lib.Checkpointer(ckpt_dir, keep=1, async_save=False)
+            saver.save(UPDATES, {"agent": ts}, {"devices": 1})
+            saver.close()
+        elif ckpt_lib is not None:  # ... restored onto the 4-device mesh, then trained on without a retrace
+            loader = ckpt_lib.Checkpointer(ckpt_dir, keep=1, async_save=False)
+            restored = loader.restore({"agent": ts}, with_replay=False).state["agent"]
+            loader.close()
+            out["restored_params"] = [np.asarray(x).ravel().tolist()
+                                      for x in jax.tree.leaves(parallel.to_host(restored["params"]))]
+            out["restored_devices"] = sorted({len(x.sharding.device_set) for x in jax.tree.leaves(restored)
+                                              if x.sharding.is_fully_replicated})
+            out["restored_replicated"] = all(x.sharding.is_fully_replicated for x in jax.tree.leaves(restored))
+            out["restored_step"] = int(parallel.to_host(restored["step"]))
+            restored, metrics, _ = agent.train(restored, agent.shard_batch(batches[0]))
+            out["restored_loss"] = float(parallel.to_host(metrics)["loss/total"])
+            out["restored_next_step"] = int(parallel.to_host(restored["step"]))
         carry = agent.init_policy(3)  # 3 environments: the policy does not need a divisible batch
         obs = {k: v[:3, 0] for k, v in batches[0]["obs"].items()}
         carry, actions, _ = agent.policy(ts["params"], carry, obs, batches[0]["is_first"][:3, 0], jax.random.key(1))
@@ -110,8 +132,9 @@ def _worker() -> dict:
 
 
 @pytest.fixture(scope="module")
-def four():
-    env = {**os.environ, "XLA_FLAGS": f"--xla_force_host_platform_device_count={DEVICES}", "JAX_PLATFORMS": "cpu",
+def four(tmp_path_factory):
+    env = {**os.environ, "LWM_TEST_CKPT_DIR": str(tmp_path_factory.mktemp("ckpt") / "ckpt"),
+           "XLA_FLAGS": f"--xla_force_host_platform_device_count={DEVICES}", "JAX_PLATFORMS": "cpu",
            "LWM_JAX_CACHE": os.environ.get("LWM_JAX_CACHE", str(ROOT / ".jax_cache"))}
     proc = subprocess.run([sys.executable, __file__], cwd=ROOT, env=env, capture_output=True, text=True, timeout=900)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
@@ -157,6 +180,18 @@ def test_batch_not_divisible_by_devices_is_a_clear_error(four):
         assert "batch_size=6" in msg and f"{DEVICES} devices" in msg, (key, msg)
         assert "batch_size 4 or 8" in msg and "jax.devices=3" in msg, (key, msg)
     assert "jax.devices=5" in four["err_devices"] and "4 cpu device(s)" in four["err_devices"]
+
+
+def test_checkpoint_from_one_device_restores_on_four_device_mesh(four):
+    if "restored_params" not in four:
+        pytest.skip("lwm.checkpoint is not available")
+    single = four["runs"]["single"]
+    assert four["restored_step"] == UPDATES
+    assert four["restored_replicated"] and four["restored_devices"] == [DEVICES]  # replicated on the mesh
+    for a, b in zip(single["params"], four["restored_params"], strict=True):
+        np.testing.assert_array_equal(b, a)
+    assert np.isfinite(four["restored_loss"]) and four["restored_next_step"] == UPDATES + 1
+    assert four["runs"]["mesh"]["traces"]["train"] == 1  # the restored state reuses the compiled step
 
 
 # ---------------------------------------------------------------------------------- in-process (1 device)
