@@ -7,8 +7,11 @@ Registered worlds (each in sizes ``_s`` and ``_m``; all share one vocabulary):
 * ``grid_future_s`` / ``grid_future_m``: 2 / 4 rooms, one ball per room; the target is in another room.
   Pre-read hints "the red ball is in the kitchen" say where (the agent is frozen while reading).
 * ``grid_dynamics_s`` / ``grid_dynamics_m``: two rooms split by a grey locked door, 2 / 3 keys; a
-  pre-read rule "the blue key opens the door" (random each episode) says which key works. Toggling the
-  door with a wrong key breaks it and ends the episode (reward 0); reaching the goal gives +1.
+  pre-read rule "the blue key opens the door" (random each episode) says which key works; the task is
+  "open the door". Toggling the door with the right key opens it: +1, the episode ends (HomeGrid's
+  "open the X" task). With a wrong key the door breaks and the episode ends. The first time the agent
+  holds a key it gets +0.5 (a progress reward like HomeGrid's +0.5 for holding the task's object; it does
+  not tell which key is right). Optimal return 1.5; without the hint 0.5 + 1 / keys.
 * ``grid_correction_s`` / ``grid_correction_m``: one room, 3 / 4 identical balls; only corrections
   ("no turn around", when the distance to the target grew) tell them apart. Wrong pickup ends (0).
 * ``grid_home_s`` / ``grid_home_m``: a house of 3 / 4 named rooms with balls, keys and bins; continual
@@ -35,7 +38,7 @@ import numpy as np
 from minigrid.core.constants import COLOR_NAMES
 from minigrid.core.grid import Grid
 from minigrid.core.mission import MissionSpace
-from minigrid.core.world_object import Ball, Box, Door, Goal, Key, WorldObj
+from minigrid.core.world_object import Ball, Box, Door, Key, WorldObj
 from minigrid.minigrid_env import MiniGridEnv
 from minigrid.utils.rendering import fill_coords, point_in_rect
 
@@ -350,8 +353,12 @@ class DynamicsWorld(HintedGrid):
         super().__init__(1, 2, room, max_steps)
 
     @property
+    def optimal_return(self) -> float:
+        return 1.5
+
+    @property
     def chance_return(self) -> float:
-        return 1.0 / self.n_keys  # one try: a wrong key breaks the door
+        return 0.5 + 1.0 / self.n_keys  # any key pays 0.5; one try at the door: a wrong key breaks it
 
     def _gen_grid(self, width: int, height: int) -> None:
         self._layout(width, height)
@@ -362,23 +369,23 @@ class DynamicsWorld(HintedGrid):
         self.grid.set(*self.doorways[0], self.door)
         for key in self.keys:
             self._place(key, 0)
-        self.goal = Goal()
-        self._place(self.goal, 1)
         self._place_agent_in(0)
         self.right_key = next(k for k in self.keys if k.color == right)
         self._hints = [f"the {right} key opens the door"]
-        self.say_task("get to the goal")
+        self.say_task("open the door")
+        self.bonus_paid = False
 
     def step(self, action: int) -> tuple[dict[str, Any], float, bool, bool, dict[str, Any]]:
         obs, reward, terminated, truncated, info = super().step(action)
         if self.door.broken:
             reward, terminated = 0.0, True
+        elif self.door.is_open:
+            reward, terminated = 1.0, True
+        elif isinstance(self.carrying, Key) and not self.bonus_paid:
+            reward, self.bonus_paid = 0.5, True
         return obs, reward, terminated, truncated, info
 
     def oracle_action(self) -> int:
-        if self.door.is_open:
-            action = self.plan(lambda p: tuple(p) == tuple(self.goal.cur_pos))
-            return FORWARD if action == DONE else (LEFT if action is None else action)
         if self.carrying is not self.right_key:
             if self.carrying is not None:
                 return self.drop_somewhere(0)

@@ -39,9 +39,14 @@ class Replay:
     """Stores `capacity` steps in total, split evenly over `num_streams` environment streams."""
 
     def __init__(self, capacity: int, num_streams: int, length: int, seed: int = 0, priority_frac: float = 0.0,
-                 priority_exponent: float = 0.8):
+                 priority_exponent: float = 0.8, event_frac: float = 0.0):
+        if not 0.0 <= event_frac <= 1.0:
+            raise ValueError(f"replay.event_frac={event_frac} is out of range; allowed: 0..1.")
         if not 0.0 <= priority_frac <= 1.0:
             raise ValueError(f"replay.priority_frac={priority_frac} is out of range; allowed: 0..1.")
+        if priority_frac + event_frac > 1.0:
+            raise ValueError(f"replay.priority_frac={priority_frac} + replay.event_frac={event_frac} exceeds 1 "
+                             "(both are fractions of one batch).")
         if priority_exponent < 0.0:
             raise ValueError(f"replay.priority_exponent={priority_exponent} must be >= 0.")
         if num_streams < 1:
@@ -61,6 +66,9 @@ class Replay:
         self.priority_frac, self.priority_exponent = priority_frac, priority_exponent
         self.weight = np.zeros((num_streams, per), np.float64) if priority_frac > 0 else None
         self.max_weight = 1.0
+        # Event part of each batch: chunks placed around a uniformly drawn step with a non-zero reward or a
+        # termination (rare in sparse-reward worlds; the reward and continue heads learn from them).
+        self.event_frac = event_frac
 
     def __len__(self) -> int:
         return self.count * self.streams
@@ -112,6 +120,14 @@ class Replay:
             streams[:n_prio], step = np.divmod(pick, self.count - 1)
             step = step + 1
             starts[:n_prio] = np.clip(step - self.rng.integers(0, T, n_prio), 1, self.count - T)
+        n_event = int(round(batch * self.event_frac))
+        if n_event and "reward" in self.data and "is_terminal" in self.data:
+            chron = (oldest + np.arange(1, self.count)) % self.per
+            events = np.flatnonzero((self.data["reward"][:, chron] != 0) | self.data["is_terminal"][:, chron])
+            if events.size:  # the last n_event rows (the first n_prio are the prioritised ones)
+                pick = events[self.rng.integers(0, events.size, n_event)]
+                streams[batch - n_event:], step = np.divmod(pick, self.count - 1)
+                starts[batch - n_event:] = np.clip(step + 1 - self.rng.integers(0, T, n_event), 1, self.count - T)
         times = (oldest + starts[:, None] - 1 + np.arange(T + 1)[None]) % self.per  # [B, T+1], col 0 = context
         chunk = {k: v[streams[:, None], times] for k, v in self.data.items()}
         out = {}

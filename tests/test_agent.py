@@ -351,6 +351,31 @@ def test_replay_priority_fraction_finds_the_rare_high_loss_step():
         Replay(capacity=80, num_streams=N_STREAMS, length=LENGTH, priority_frac=1.5)
 
 
+def test_replay_event_fraction_replays_rare_rewards_and_terminations():
+    replay = Replay(capacity=80, num_streams=N_STREAMS, length=LENGTH, seed=4, priority_frac=0.25, event_frac=0.5)
+    total = 57  # wraps around: 40 steps per stream are kept
+    for t in range(total):
+        step = _step(t)
+        step["reward"] = np.zeros(N_STREAMS, np.float32)
+        if t == 30:
+            step["reward"][0] = 1.0  # one rewarding step in stream 0 ...
+        if t == 45:
+            step["is_terminal"] = np.array([False, True])  # ... and one termination in stream 1
+        replay.add(step)
+    hits = np.zeros(8)
+    for _ in range(200):
+        batch, _ = replay.sample(8, CLASSES)
+        t = batch["obs"]["t"] % 1000
+        assert (np.diff(t, axis=1) == 1).all() and (t >= total - 40).all() and (t < total).all()
+        hits += (batch["reward"] != 0).any(1) | batch["is_terminal"].any(1)
+    assert (hits[4:] == 200).all()  # the event rows (the last half) always hold one of the two events
+    assert hits[:4].sum() < 0.4 * 800  # the other rows sample by priority / uniformly
+    with pytest.raises(ValueError, match="event_frac=1.5"):
+        Replay(capacity=80, num_streams=N_STREAMS, length=LENGTH, event_frac=1.5)
+    with pytest.raises(ValueError, match="exceeds 1"):
+        Replay(capacity=80, num_streams=N_STREAMS, length=LENGTH, priority_frac=0.6, event_frac=0.5)
+
+
 def test_replay_update_latents_writes_back():
     replay = Replay(capacity=40, num_streams=N_STREAMS, length=LENGTH, seed=2)
     for t in range(15):
