@@ -1,12 +1,21 @@
 """Train an agent: `python -m launch.train --configs debug tokenchoice --logdir runs/demo [--key.sub value ...]`.
 
-Writes config.yaml, metrics.jsonl and summary.json to the logdir and prints where they are.
+Writes config.yaml, metrics.jsonl, TensorBoard event files, checkpoints (ckpt/) and summary.json to the logdir
+and prints where they are. Running the same command again resumes from the newest complete checkpoint.
+
+  --from_checkpoint PATH        start a new run from another run's checkpoint (a logdir, its ckpt/ directory
+                                or one step directory such as runs/a/ckpt/1200); same as --ckpt.from PATH
+  --from_checkpoint.only WHAT   agent (whole train state, default) | params (fresh optimizer) | wm (world model
+                                only); same as --ckpt.from_only WHAT
+SIGTERM or Ctrl-C: the current update finishes, a checkpoint is written, exit code 0.
 """
 
 from __future__ import annotations
 
 import json
+import os
 import sys
+import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -33,6 +42,20 @@ def env_factory(config):
     return make_env
 
 
+def check_logdir(logdir: Path) -> None:
+    """Creates `logdir` and checks that files can be written there; exits with a clear error otherwise."""
+    try:
+        logdir.mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=logdir, prefix=".write-test-"):
+            pass
+    except OSError as e:
+        reason = e.strerror or type(e).__name__
+        raise SystemExit(f"error: --logdir {logdir} is not a writable directory ({reason}: "
+                         f"{e.filename or logdir}); choose another --logdir.") from None
+    if not os.access(logdir, os.W_OK):
+        raise SystemExit(f"error: --logdir {logdir} is not writable; choose another --logdir.")
+
+
 def main(argv: Sequence[str] | None = None) -> dict:
     argv = list(sys.argv[1:] if argv is None else argv)
     if not argv or argv[0] in ("-h", "--help"):
@@ -40,17 +63,24 @@ def main(argv: Sequence[str] | None = None) -> dict:
         print("Presets:", ", ".join(lwm_config.preset_names()))
         raise SystemExit(0)
     try:
-        config, extras = lwm_config.parse_args(argv, known=("logdir",))
+        config, extras = lwm_config.parse_args(argv, known=("logdir", "from_checkpoint", "from_checkpoint.only"))
+        aliases = {"from_checkpoint": "ckpt.from", "from_checkpoint.only": "ckpt.from_only"}
+        config = config.update({aliases[k]: v for k, v in extras.items() if k in aliases}, where="command line")
     except lwm_config.ConfigError as e:
         raise SystemExit(f"error: {e}") from None
     if "logdir" not in extras:
         raise SystemExit("error: --logdir DIR is required (where config.yaml, metrics.jsonl and summary.json go).")
     logdir = Path(extras["logdir"]).expanduser()
+    check_logdir(logdir)
     cache = config.jax.cache_dir
     setup_jax(config.jax.platform, default_cache_dir(str(logdir)) if cache == "auto" else cache)
-    from lwm.loop import train_loop
+    from lwm.checkpoint import CheckpointError
+    from lwm.loop import NonFiniteLoss, train_loop
 
-    summary = train_loop(config, logdir, env_factory(config))
+    try:
+        summary = train_loop(config, logdir, env_factory(config))
+    except (CheckpointError, NonFiniteLoss) as e:
+        raise SystemExit(f"error: {e}") from None
     print(json.dumps(summary, indent=2))
     print(f"Results: {logdir / 'summary.json'} | metrics: {logdir / 'metrics.jsonl'} | "
           f"config: {logdir / 'config.yaml'}")

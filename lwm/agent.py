@@ -250,15 +250,14 @@ class Agent:
         slow = jax.tree.map(lambda s, p: (1 - rate) * s + rate * p, ts["slow"], params["critic"])
         metrics["opt/grad_norm"] = optax.tree.norm(grads)
         metrics["opt/update_norm"] = optax.tree.norm(updates)
-        # Non-finite guard: `train/finite` is false when any loss or norm is NaN or infinite. With
-        # run.nonfinite=skip such an update is not applied (the old params, optimizer state, slow critic and return
-        # norm are kept; the key still advances); with `stop` the loop stops on it.
+        # Non-finite guard: `train/finite` is false when any loss or norm is NaN or infinite, and then the update
+        # is not applied (the old params, optimizer state, slow critic and return norm are kept; the key still
+        # advances). The loop stops on it (run.nonfinite=stop) or counts it and goes on (skip).
         finite = jnp.all(jnp.stack([jnp.all(jnp.isfinite(v)) for v in metrics.values()]))
         metrics["train/finite"] = finite
-        if self.config.run.nonfinite == "skip":
-            params, opt, slow, retnorm = jax.tree.map(
-                lambda n, o: jnp.where(finite, n, o), (params, opt, slow, retnorm),
-                (ts["params"], ts["opt"], ts["slow"], ts["retnorm"]))
+        params, opt, slow, retnorm = jax.tree.map(
+            lambda n, o: jnp.where(finite, n, o), (params, opt, slow, retnorm),
+            (ts["params"], ts["opt"], ts["slow"], ts["retnorm"]))
         new = {"params": params, "opt": opt, "slow": slow, "retnorm": retnorm, "step": ts["step"] + 1, "key": key}
         return new, metrics, post
 

@@ -1,11 +1,18 @@
 """The training loop: environments <-> policy <-> replay, with `train_ratio` updates per environment step.
 
 Knows nothing about particular environments: `launch/train.py` passes a factory `make_env(index)`.
+
+The loop checkpoints the whole run (`lwm.checkpoint`) every `ckpt.every_s` seconds and/or `ckpt.every_updates`
+updates, at the end, and on SIGTERM/SIGINT (after finishing the current update). Started again with the same
+logdir it resumes from the newest complete checkpoint: train state, replay, counters, and the logs rewound to
+that point. Environments are not checkpointed: they start new episodes on resume.
 """
 
 from __future__ import annotations
 
 import json
+import signal
+import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -15,14 +22,47 @@ import dm_env
 import jax
 import numpy as np
 
+from lwm import checkpoint as ckpt_lib
 from lwm.agent import Agent, describe_size
 from lwm.driver import Driver
-from lwm.logger import Logger, mean_metrics
+from lwm.logger import Logger, log_positions, mean_metrics, rewind
 from lwm.replay import Replay
+
+NONFINITE = ("stop", "skip")
+
+
+class NonFiniteLoss(FloatingPointError):
+    """An update produced a NaN or infinite loss (with run.nonfinite=stop)."""
+
+
+class Interrupt:
+    """Turns the first SIGTERM/SIGINT into a flag the loop polls (so the current update finishes and the
+    run is saved); a second one raises KeyboardInterrupt at once. Handlers are restored on exit."""
+
+    def __init__(self):
+        self.signal: str | None = None
+        self._previous: dict[int, Any] = {}
+
+    def __enter__(self) -> Interrupt:
+        if threading.current_thread() is threading.main_thread():
+            for sig in (signal.SIGTERM, signal.SIGINT):
+                self._previous[sig] = signal.signal(sig, self._handle)
+        return self
+
+    def _handle(self, signum, frame) -> None:
+        if self.signal is not None:
+            raise KeyboardInterrupt(f"second {signal.Signals(signum).name}")
+        self.signal = signal.Signals(signum).name
+        print(f"lwm: received {self.signal}: finishing the current update, then saving a checkpoint "
+              "(send it again to stop at once).", flush=True)
+
+    def __exit__(self, *exc) -> None:
+        for sig, handler in self._previous.items():
+            signal.signal(sig, handler)
 
 
 def _policy_fn(agent: Agent, num: int, seed: int, greedy: bool, get_params: Callable[[], Any]):
-    """A host-side policy for the driver: keeps the recurrent carry and the key across calls."""
+    """A host-side policy for the driver: keeps the recurrent carry and the key (in `act.state`) across calls."""
     state = {"carry": agent.init_policy(num), "key": jax.random.key(seed)}
 
     def act(obs, is_first):
@@ -31,6 +71,7 @@ def _policy_fn(agent: Agent, num: int, seed: int, greedy: bool, get_params: Call
         state["carry"] = carry
         return jax.device_get(actions), {"latent": jax.device_get(latent)}
 
+    act.state = state
     return act
 
 
@@ -50,85 +91,232 @@ def evaluate(agent: Agent, params, make_env: Callable[[int], dm_env.Environment]
             "length_mean": float(lengths.mean()), "episodes": int(len(returns))}
 
 
+def check_run_config(config) -> None:
+    """Range checks of the run/ckpt keys the loop reads; errors name the key, the value and what is allowed."""
+    if config.env.num_envs < 1:
+        raise ValueError(f"env.num_envs={config.env.num_envs} must be >= 1.")
+    if config.run.nonfinite not in NONFINITE:
+        raise ValueError(f"run.nonfinite={config.run.nonfinite!r} is not known; use one of {', '.join(NONFINITE)}.")
+    for key in ("run.log_every", "run.summary_every", "ckpt.every_s", "ckpt.every_updates"):
+        section, name = key.split(".")
+        if config[section][name] < 0:
+            raise ValueError(f"{key}={config[section][name]} must be >= 0 (0 turns it off).")
+    if config.ckpt.keep < 1:
+        raise ValueError(f"ckpt.keep={config.ckpt.keep} must be >= 1.")
+    if config.ckpt.from_only not in ckpt_lib.FROM_ONLY:
+        raise ValueError(f"ckpt.from_only={config.ckpt.from_only!r} is not known; use one of "
+                         f"{', '.join(ckpt_lib.FROM_ONLY)}.")
+
+
+def _duration(seconds: float) -> str:
+    seconds = max(0, int(round(seconds)))
+    h, rest = divmod(seconds, 3600)
+    m, s = divmod(rest, 60)
+    return f"{h}:{m:02d}:{s:02d}" if h else f"{m}:{s:02d}"
+
+
 def train_loop(config, logdir: str | Path, make_env: Callable[[int], dm_env.Environment]) -> dict:
-    """Trains an agent as configured; writes config.yaml, metrics.jsonl and summary.json to `logdir`."""
+    """Trains an agent as configured, resuming from `<logdir>/ckpt` when it holds a checkpoint.
+
+    Writes config.yaml, metrics.jsonl, TensorBoard events, checkpoints and summary.json to `logdir`. Raises
+    `ckpt_lib.CheckpointError` for a checkpoint of a different config and `NonFiniteLoss` for a NaN loss (with
+    run.nonfinite=stop).
+    """
+    check_run_config(config)
     logdir = Path(logdir)
     logdir.mkdir(parents=True, exist_ok=True)
-    config.save(logdir / "config.yaml")
     t_start = time.time()
     num_envs = config.env.num_envs
-    if num_envs < 1:
-        raise ValueError(f"env.num_envs={num_envs} must be >= 1.")
     envs = [make_env(i) for i in range(num_envs)]
     obs_spec, act_spec = envs[0].observation_spec(), envs[0].action_spec()
     agent = Agent(obs_spec, act_spec, config)
     ts = agent.init(config.seed)
     B, T = config.batch_size, config.batch_length
-    replay = Replay(config.replay.capacity, num_envs, T, seed=config.seed,
-                    priority_frac=config.replay.priority_frac, priority_exponent=config.replay.priority_exponent)
+    replay_kwargs = {"seed": config.seed, "priority_frac": config.replay.priority_frac,
+                     "priority_exponent": config.replay.priority_exponent, "event_frac": config.replay.event_frac}
+    replay = Replay(config.replay.capacity, num_envs, T, **replay_kwargs)
     driver = Driver(envs, [k.name for k in agent.keys], name=config.env.name)
     act = _policy_fn(agent, num_envs, config.seed, False, lambda: ts["params"])
+    counters = {"env_steps": 0, "updates": 0, "credit": 0.0, "episodes": 0, "skipped": 0}
+
+    # ------------------------------------------------------------------------------- resume or start fresh
+    ckpt = None
+    resumed = None
+    if config.ckpt.enabled:
+        ckpt = ckpt_lib.Checkpointer(logdir / "ckpt", keep=config.ckpt.keep, async_save=config.ckpt.async_save)
+        try:
+            resumed = ckpt.restore_latest_good({"agent": ts, "policy_key": act.state["key"]}, config=config,
+                                               replay_kwargs=replay_kwargs, quarantine=logdir / "ckpt_corrupt")
+        except BaseException:
+            ckpt.close()
+            raise
+    if resumed is not None:
+        ts, act.state["key"] = resumed.state["agent"], resumed.state["policy_key"]
+        replay = resumed.replay
+        counters.update({k: type(v)(resumed.meta[k]) for k, v in counters.items() if k in resumed.meta})
+        driver.steps = counters["env_steps"]
+        dropped = rewind(logdir, resumed.meta.get("logs", {}))
+        print(f"lwm: resumed from {resumed.path} (step {driver.steps}, {counters['updates']} updates, replay "
+              f"{len(replay)} steps, {counters['episodes']} episodes"
+              + (f"; dropped {dropped} metric rows written after it" if dropped else "") + ")", flush=True)
+        if config.ckpt["from"]:
+            print(f"lwm: --from_checkpoint {config.ckpt['from']} is ignored: this logdir has its own checkpoint.",
+                  flush=True)
+    else:
+        if ckpt is not None and log_positions(logdir):
+            dropped = rewind(logdir, {})
+            print(f"lwm: no checkpoint in {logdir / 'ckpt'}: starting afresh"
+                  + (f" (dropped {dropped} metric rows of an earlier attempt)" if dropped else ""), flush=True)
+        if config.ckpt["from"]:
+            ts, used = ckpt_lib.load_into(config.ckpt["from"], ts, config.ckpt.from_only)
+            print(f"lwm: started from {used} (ckpt.from_only={config.ckpt.from_only}).", flush=True)
+    config.save(logdir / "config.yaml")  # after the checks: a mismatched config never overwrites the saved one
+
     logger = Logger(logdir, console_every=config.run.log_every)
     print(f"lwm: {config.env.name} | agent {describe_size(agent.param_count())} params | "
           f"{num_envs} envs | batch {B}x{T} | train_ratio {config.run.train_ratio} | logdir {logdir}", flush=True)
 
     per_step = config.run.train_ratio / (B * T)
-    credit, updates, history, returns = 0.0, 0, [], []
+    history: list[dict] = []
+    returns: list[float] = []
+    last_return: float | None = None
     first_update_s = None
-    t_log, steps_log, updates_log = time.time(), 0, 0
+    skipped_log = 0
+    t_log, steps_log, updates_log = time.time(), driver.steps, counters["updates"]
+    t_summary = time.time()
+    last_losses: dict[str, float] = {}
     classes = config.agent.rssm.classes
+    last_save = {"time": time.time(), "updates": counters["updates"], "step": resumed.step if resumed else None}
 
     def log(force: bool = False):
-        nonlocal t_log, steps_log, updates_log, history, returns
+        nonlocal t_log, steps_log, updates_log, history, returns, skipped_log, last_losses, t_summary, last_return
         now = time.time()
         if not force and now - t_log < config.run.log_every:
             return
         dt = max(now - t_log, 1e-9)
+        updates = counters["updates"]
         row = {"step": driver.steps, "updates": updates, **mean_metrics(history),
                "fps/env_steps_per_s": (driver.steps - steps_log) / dt,
-               "fps/updates_per_s": (updates - updates_log) / dt, "replay/size": len(replay)}
+               "fps/updates_per_s": (updates - updates_log) / dt, "replay/size": len(replay),
+               "train/skipped": skipped_log, "train/skipped_total": counters["skipped"]}
         if returns:
-            row["episode/return"] = float(np.mean(returns))
+            last_return = float(np.mean(returns))
+            row["episode/return"] = last_return
             row["episode/count"] = len(returns)
         logger.write(row)
-        ret = f"{row['episode/return']:.3f}" if returns else "-"
-        logger.console(f"step {driver.steps:>8} | updates {updates:>6} | return {ret} | "
-                       f"{row['fps/env_steps_per_s']:.0f} env steps/s | {row['fps/updates_per_s']:.1f} updates/s",
-                       force=True)
-        t_log, steps_log, updates_log, history, returns = now, driver.steps, updates, [], []
+        if history:
+            keys = ("loss/total", "loss/dyn", "loss/reward", "imag/return", "imag/entropy", "opt/grad_norm")
+            last_losses = {k: row[k] for k in keys if k in row}
+        rate = row["fps/env_steps_per_s"]
+        left = max(config.run.steps - driver.steps, 0)
+        eta = _duration(left / rate) if rate > 0 else "?"
+        ret = f"{last_return:.3f}" if last_return is not None else "-"
+        pct = 100.0 * min(driver.steps / max(config.run.steps, 1), 1.0)
+        logger.console(f"step {driver.steps:>8}/{config.run.steps} {pct:3.0f}% | updates {updates:>6} | "
+                       f"{row['fps/updates_per_s']:.1f} updates/s | {rate:.0f} env steps/s | return {ret} | "
+                       f"ETA {eta}", force=True)
+        t_log, steps_log, updates_log, history, returns, skipped_log = now, driver.steps, updates, [], [], 0
+        if config.run.summary_every > 0 and (now - t_summary >= config.run.summary_every or force):
+            t_summary = now
+            parts = [f"{k} {v:.4g}" for k, v in last_losses.items()]
+            age = (f"{_duration(now - last_save['time'])} ago (step {last_save['step']})"
+                   if last_save["step"] is not None else "none yet")
+            logger.console(f"summary | {_duration(now - t_start)} elapsed | step {driver.steps} | "
+                           f"{counters['episodes']} episodes | " + " | ".join(parts)
+                           + f" | skipped {counters['skipped']} | checkpoint {age}", force=True)
 
-    while driver.steps < config.run.steps:
-        driver.step(act, on_step=replay.add)
-        returns += [e["return"] for e in driver.pop_episodes()]
-        if driver.steps >= config.run.train_fill and replay.ready():
-            credit += num_envs * per_step
-            while credit >= 1.0:
-                batch, index = replay.sample(B, classes)
-                ts, metrics, post = agent.train(ts, batch)
-                post = jax.device_get(post)
-                replay.update_latents(index, post)
-                replay.update_priorities(index, post["loss"])
-                history.append(metrics)
-                credit -= 1.0
-                updates += 1
-                if first_update_s is None:
-                    first_update_s = time.time() - t_start
-        log()
-    log(force=True)
+    def save(reason: str) -> None:
+        if ckpt is None:
+            return
+        counters["env_steps"] = driver.steps
+        meta = {**counters, "replay_size": len(replay), "config": config.to_dict(), "logs": logger.positions(),
+                "time": time.time(), "reason": reason}
+        if ckpt.save(driver.steps, {"agent": ts, "policy_key": act.state["key"]}, meta, replay):
+            last_save["step"] = driver.steps
+        last_save["time"], last_save["updates"] = time.time(), counters["updates"]
 
-    summary: dict[str, Any] = {
-        "env": config.env.name, "env_steps": driver.steps, "updates": updates,
-        "params": agent.param_count(), "wall_s": round(time.time() - t_start, 2),
-        "first_update_s": None if first_update_s is None else round(first_update_s, 2),
-    }
-    if config.run.eval_episodes > 0:
-        summary["eval"] = evaluate(agent, ts["params"], make_env, config.run.eval_episodes, num_envs, config.seed)
-        for name in ("optimal_return", "chance_return"):
-            value = getattr(envs[0], name, None)
-            if value is not None:
-                summary[name] = float(value)
-        logger.write({"step": driver.steps, "updates": updates,
-                      **{f"eval/{k}": v for k, v in summary["eval"].items()}})
-    logger.close()
+    def save_due() -> bool:
+        c = config.ckpt
+        return ckpt is not None and (
+            (c.every_s > 0 and time.time() - last_save["time"] >= c.every_s)
+            or (c.every_updates > 0 and counters["updates"] - last_save["updates"] >= c.every_updates))
+
+    def nonfinite_message(metrics: dict) -> str:
+        values = jax.device_get(metrics)
+        bad = {k: float(np.asarray(v)) for k, v in values.items()
+               if k != "train/finite" and not np.all(np.isfinite(np.asarray(v, np.float64)))}
+        names = ", ".join(f"{k}={v}" for k, v in bad.items()) or "(no metric; the state)"
+        where = (f"the last good checkpoint is {ckpt.path(last_save['step'])}" if ckpt and last_save["step"]
+                 is not None else "no checkpoint was written before it")
+        return (f"non-finite loss at update {counters['updates'] + 1} (env step {driver.steps}): {names}. "
+                f"Stopped without saving; {where}. Lower agent.opt.lr, check the environment's rewards and "
+                "observations, or pass --run.nonfinite skip to skip such updates.")
+
+    interrupted = None
+    try:
+        with Interrupt() as stop:
+            while driver.steps < config.run.steps and not stop.signal:
+                driver.step(act, on_step=replay.add)
+                finished = [e["return"] for e in driver.pop_episodes()]
+                returns += finished
+                counters["episodes"] += len(finished)
+                if driver.steps >= config.run.train_fill and replay.ready():
+                    counters["credit"] += num_envs * per_step
+                    while counters["credit"] >= 1.0 and not stop.signal:
+                        batch, index = replay.sample(B, classes)
+                        ts, metrics, post = agent.train(ts, batch)
+                        finite = bool(jax.device_get(metrics.pop("train/finite")))
+                        counters["credit"] -= 1.0
+                        if not finite:
+                            if config.run.nonfinite == "stop":
+                                raise NonFiniteLoss(nonfinite_message(metrics))
+                            counters["skipped"] += 1
+                            skipped_log += 1
+                        else:
+                            post = jax.device_get(post)
+                            replay.update_latents(index, post)
+                            replay.update_priorities(index, post["loss"])
+                            history.append(metrics)
+                        counters["updates"] += 1
+                        if first_update_s is None:
+                            first_update_s = time.time() - t_start
+                            print(f"lwm: first update after {first_update_s:.1f} s (environment fill and "
+                                  "compilation)", flush=True)
+                log()
+                if save_due():
+                    save("periodic")
+            interrupted = stop.signal
+            log(force=True)
+            save(f"stopped by {interrupted}" if interrupted else "end of run")
+            if ckpt is not None:
+                ckpt.wait()
+
+        summary: dict[str, Any] = {
+            "env": config.env.name, "env_steps": driver.steps, "updates": counters["updates"],
+            "params": agent.param_count(), "wall_s": round(time.time() - t_start, 2),
+            "first_update_s": None if first_update_s is None else round(first_update_s, 2),
+            "skipped_updates": counters["skipped"],
+        }
+        if resumed is not None:
+            summary["resumed_from"] = str(resumed.path)
+        if ckpt is not None and last_save["step"] is not None:
+            summary["checkpoint"] = str(ckpt.path(last_save["step"]))
+        if interrupted:
+            summary["interrupted"] = interrupted
+            print(f"lwm: stopped by {interrupted} at step {driver.steps}; checkpoint {summary.get('checkpoint')}. "
+                  "Run the same command again to resume.", flush=True)
+        elif config.run.eval_episodes > 0:
+            summary["eval"] = evaluate(agent, ts["params"], make_env, config.run.eval_episodes, num_envs,
+                                       config.seed)
+            for name in ("optimal_return", "chance_return"):
+                value = getattr(envs[0], name, None)
+                if value is not None:
+                    summary[name] = float(value)
+            logger.write({"step": driver.steps, "updates": counters["updates"],
+                          **{f"eval/{k}": v for k, v in summary["eval"].items()}})
+    finally:
+        if ckpt is not None:
+            ckpt.close()
+        logger.close()
     (logdir / "summary.json").write_text(json.dumps(summary, indent=2))
     return summary

@@ -8,6 +8,8 @@ step before it (`start`, `start_action`), so training continues from the stored 
 
 from __future__ import annotations
 
+import json
+import os
 from collections.abc import Mapping
 from pathlib import Path
 
@@ -159,25 +161,44 @@ class Replay:
         self.max_weight = max(self.max_weight, float(w.max()))
 
     def save(self, path: str | Path) -> None:
-        """Writes the buffer atomically (to a temporary file, then renamed)."""
+        """Writes the buffer atomically (to a temporary file, then renamed), with its sampling weights and RNG."""
         path = Path(path)
         tmp = path.with_name(path.name + ".tmp.npz")
         meta = np.array([self.capacity, self.streams, self.length, self.per, self.pos, self.count])
-        np.savez(tmp, __meta__=meta, **{k.replace("/", "|"): v[:, : self.count] if self.count < self.per else v
-                                        for k, v in self.data.items()})
+        extra = {"__rng__": np.array(json.dumps(self.rng.bit_generator.state))}
+        if self.weight is not None:
+            extra["__weight__"] = self.weight
+            extra["__max_weight__"] = np.array(self.max_weight)
+        with open(tmp, "wb") as f:
+            np.savez(f, __meta__=meta, **extra, **{k.replace("/", "|"): v[:, : self.count] if self.count < self.per
+                                                   else v for k, v in self.data.items()})
+            f.flush()
+            os.fsync(f.fileno())
         tmp.replace(path)
 
     @classmethod
-    def load(cls, path: str | Path, seed: int = 0) -> Replay:
+    def load(cls, path: str | Path, seed: int = 0, **kwargs) -> Replay:
+        """Reads a buffer written by `save`; `kwargs` (priority settings) go to the constructor.
+
+        The sampling RNG continues from where it was saved (`seed` only seeds files that lack it); saved
+        sampling weights are kept when this replay samples by priority.
+        """
         with np.load(path) as f:
             capacity, streams, length, per, pos, count = (int(x) for x in f["__meta__"])
-            replay = cls(capacity, streams, length, seed)
+            replay = cls(capacity, streams, length, seed, **kwargs)
             for key in f.files:
-                if key == "__meta__":
+                if key.startswith("__") and key.endswith("__"):
                     continue
                 value = f[key]
                 full = np.zeros((streams, per) + value.shape[2:], value.dtype)
                 full[:, : value.shape[1]] = value
                 replay.data[key.replace("|", "/")] = full
+            if "__rng__" in f.files:
+                replay.rng.bit_generator.state = json.loads(str(f["__rng__"]))
+            if replay.weight is not None and "__weight__" in f.files and f["__weight__"].shape == replay.weight.shape:
+                replay.weight[:] = f["__weight__"]
+                replay.max_weight = float(f["__max_weight__"])
+            elif replay.weight is not None:  # saved without priorities: every stored step gets the top weight
+                replay.weight[:, :count] = replay.max_weight
         replay.pos, replay.count = pos, count
         return replay

@@ -1,0 +1,370 @@
+"""Checkpoints of a whole run with orbax-checkpoint: save, find the latest good one, restore, keep the last K.
+
+A checkpoint is one step directory `<logdir>/ckpt/<env steps>/` written by an orbax `CheckpointManager`:
+  state/   the array pytree: the agent's train state (params, optimizer, slow critic, return norm, update
+           step, PRNG key as raw key data) and the policy's PRNG key (orbax, asynchronous where enabled)
+  meta/    JSON: loop counters (env steps, updates, train credit, episodes, skipped updates), the resolved
+           config, the byte sizes of the log files at save time, the replay size
+  replay/  `replay_p<process>.npz`: the replay buffer of this process, written before `save` returns
+Orbax writes everything into `<step>.orbax-checkpoint-tmp*` and renames it only when every part is on disk,
+so a process killed mid-write leaves a temporary directory that the next run deletes and never reads.
+
+Arrays are stored as a nested dict of plain names (`params/wm/rssm/...`) rather than flax/optax objects, so
+a checkpoint can be read without the classes that wrote it and restored onto any device layout: restore
+takes a live state `like` and places every array with that array's sharding.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import os
+import shutil
+import time
+import warnings
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import orbax.checkpoint as ocp
+from etils import epath
+
+from lwm.replay import Replay
+
+# Keys that may differ between a checkpoint's config and the config of the run that resumes it: how long to
+# run, how often to log or save, where and on what to run. Everything else must match.
+RESUME_MAY_CHANGE = ("run.steps", "run.log_every", "run.summary_every", "run.eval_episodes", "run.nonfinite",
+                     "ckpt.", "jax.")
+FROM_ONLY = ("agent", "params", "wm")
+# Test hook: seconds to sleep while the replay part of a checkpoint is being written (inside the orbax
+# temporary directory), so a test can kill the process in the middle of a checkpoint write.
+_TEST_DELAY_ENV = "LWM_TEST_CKPT_WRITE_DELAY"
+
+
+class CheckpointError(RuntimeError):
+    """A checkpoint cannot be used: unreadable, or written by a run with a different config or model."""
+
+
+# ------------------------------------------------------------------------------------------- pytree <-> names
+def _name(key: Any) -> str:
+    for attr in ("key", "idx", "name"):
+        if hasattr(key, attr):
+            return str(getattr(key, attr))
+    return str(key)
+
+
+def _is_key(x: Any) -> bool:
+    return isinstance(x, jax.Array) and jnp.issubdtype(x.dtype, jax.dtypes.prng_key)
+
+
+def to_nested(tree: Any) -> dict:
+    """The leaves of any pytree as a nested dict of plain names; typed PRNG keys become their uint32 data."""
+    out: dict = {}
+    for path, leaf in jax.tree_util.tree_flatten_with_path(tree)[0]:
+        node = out
+        names = [_name(k) for k in path] or ["value"]
+        for n in names[:-1]:
+            node = node.setdefault(n, {})
+        node[names[-1]] = jax.random.key_data(leaf) if _is_key(leaf) else leaf
+    return out
+
+
+def _lookup(nested: Mapping, names: Sequence[str]) -> Any:
+    node: Any = nested
+    for n in names:
+        node = node[n]
+    return node
+
+
+def from_nested(nested: Mapping, like: Any) -> Any:
+    """Inverse of `to_nested`: rebuilds the structure of `like` (re-wrapping PRNG keys like its keys)."""
+    paths, treedef = jax.tree_util.tree_flatten_with_path(like)
+    leaves = []
+    for path, ref in paths:
+        value = _lookup(nested, [_name(k) for k in path] or ["value"])
+        if _is_key(ref):
+            value = jax.random.wrap_key_data(value, impl=jax.random.key_impl(ref))
+        leaves.append(value)
+    return jax.tree_util.tree_unflatten(treedef, leaves)
+
+
+def _abstract(nested: Mapping) -> Any:
+    """ShapeDtypeStructs (with each live array's sharding) describing `nested`, the restore target."""
+    def spec(x):
+        sharding = getattr(x, "sharding", None)
+        return jax.ShapeDtypeStruct(np.shape(x), np.asarray(x).dtype if sharding is None else x.dtype,
+                                    sharding=sharding)
+    return jax.tree.map(spec, nested)
+
+
+def _flat_names(nested: Mapping, prefix: str = "") -> dict[str, Any]:
+    out = {}
+    for k, v in nested.items():
+        if isinstance(v, Mapping):
+            out.update(_flat_names(v, f"{prefix}{k}/"))
+        else:
+            out[f"{prefix}{k}"] = v
+    return out
+
+
+# ---------------------------------------------------------------------------------------------- the replay part
+class _ReplayHandler(ocp.CheckpointHandler):
+    """Writes this process's replay buffer into the checkpoint's (temporary) item directory, synchronously."""
+
+    def save(self, directory: epath.Path, args: ReplayArgs) -> None:
+        replay = args.replay
+        replay.save(Path(directory) / f"replay_p{jax.process_index()}.npz")
+        delay = float(os.environ.get(_TEST_DELAY_ENV, "0") or 0)
+        if delay > 0:
+            time.sleep(delay)
+
+    def restore(self, directory: epath.Path, args: ReplayArgs | None = None) -> Replay:
+        kwargs = dict(args.kwargs) if args is not None and args.kwargs else {}
+        path = Path(directory) / f"replay_p{jax.process_index()}.npz"
+        if not path.exists():
+            raise CheckpointError(f"{path} is missing (the replay of process {jax.process_index()}).")
+        return Replay.load(path, **kwargs)
+
+    def close(self) -> None:
+        pass
+
+
+@ocp.args.register_with_handler(_ReplayHandler, for_save=True, for_restore=True)
+@dataclasses.dataclass
+class ReplayArgs(ocp.args.CheckpointArgs):
+    """Save: the `replay` to write. Restore: `kwargs` for `Replay.load` (seed, priority settings)."""
+
+    replay: Any = None
+    kwargs: Any = None
+
+
+def _handlers() -> dict[str, ocp.CheckpointHandler]:
+    return {"state": ocp.StandardCheckpointHandler(), "meta": ocp.JsonCheckpointHandler(),
+            "replay": _ReplayHandler()}
+
+
+# ------------------------------------------------------------------------------------------------- the manager
+@dataclasses.dataclass
+class Restored:
+    """What `Checkpointer.restore` returns."""
+
+    step: int
+    path: Path
+    state: Any
+    meta: dict
+    replay: Replay | None
+
+
+class Checkpointer:
+    """Saves and restores complete run checkpoints in `directory` (usually `<logdir>/ckpt`), keeping `keep`."""
+
+    def __init__(self, directory: str | os.PathLike, keep: int = 2, async_save: bool = True):
+        if keep < 1:
+            raise ValueError(f"ckpt.keep={keep} must be >= 1.")
+        self.directory = Path(directory).expanduser().resolve()
+        options = ocp.CheckpointManagerOptions(
+            max_to_keep=keep, create=True, cleanup_tmp_directories=True, enable_async_checkpointing=async_save)
+        logging.getLogger("absl").setLevel(logging.WARNING)
+        self.manager = ocp.CheckpointManager(epath.Path(self.directory), options=options, item_handlers=_handlers())
+        self.last_saved: int | None = self.manager.latest_step()
+
+    def steps(self) -> list[int]:
+        """Complete checkpoints, oldest first (temporary directories of interrupted writes are not listed)."""
+        return sorted(self.manager.all_steps())
+
+    def path(self, step: int) -> Path:
+        return self.directory / str(step)
+
+    def save(self, step: int, state: Any, meta: Mapping[str, Any], replay: Replay | None = None) -> bool:
+        """Starts writing checkpoint `step` (the state arrays may finish in the background); False if it exists.
+
+        The replay part is on disk when this returns; the checkpoint counts (is listed by `steps`) once every
+        part is, after the arrays finish.
+        """
+        if step in self.manager.all_steps():
+            return False
+        nested = to_nested(state)
+        items = {"state": ocp.args.StandardSave(nested), "meta": ocp.args.JsonSave(dict(meta))}
+        if replay is not None:
+            items["replay"] = ReplayArgs(replay=replay)
+        self.manager.save(step, args=ocp.args.Composite(**items), force=True)
+        self.last_saved = step
+        return True
+
+    def wait(self) -> None:
+        """Blocks until a pending asynchronous save is complete."""
+        self.manager.wait_until_finished()
+
+    def close(self) -> None:
+        self.manager.wait_until_finished()
+        self.manager.close()
+
+    def read_meta(self, step: int) -> dict:
+        return dict(self.manager.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))["meta"])
+
+    def restore(self, like: Any, step: int | None = None, replay_kwargs: Mapping[str, Any] | None = None,
+                with_replay: bool = True) -> Restored:
+        """Restores checkpoint `step` (default: latest) into the structure and device layout of `like`."""
+        step = self.manager.latest_step() if step is None else step
+        if step is None:
+            raise CheckpointError(f"No complete checkpoint in {self.directory}.")
+        items: dict[str, Any] = {"state": ocp.args.StandardRestore(_abstract(to_nested(like))),
+                                 "meta": ocp.args.JsonRestore()}
+        if with_replay:
+            items["replay"] = ReplayArgs(kwargs=dict(replay_kwargs or {}))
+        out = self.manager.restore(step, args=ocp.args.Composite(**items))
+        state = from_nested(out["state"], like)
+        return Restored(step, self.path(step), state, dict(out["meta"]), out["replay"] if with_replay else None)
+
+    def restore_latest_good(self, like: Any, config: Any = None, replay_kwargs: Mapping[str, Any] | None = None,
+                            quarantine: str | os.PathLike | None = None) -> Restored | None:
+        """The newest checkpoint that restores, or None when there is none.
+
+        A checkpoint that fails to read is reported with a warning naming it and moved to `quarantine` (so a
+        resumed run can write that step again), and the previous one is tried. With `config`, the saved
+        config is compared first (`check_config`): a mismatch raises instead of falling back.
+        """
+        for step in reversed(self.steps()):
+            try:
+                meta = self.read_meta(step)
+            except Exception as e:  # noqa: BLE001 - any read failure means this checkpoint is unusable
+                self._reject(step, e, quarantine)
+                continue
+            if config is not None:
+                check_config(meta.get("config", {}), config, where=str(self.path(step)))
+            try:
+                return self.restore(like, step, replay_kwargs)
+            except Exception as e:  # noqa: BLE001
+                self._reject(step, e, quarantine)
+        return None
+
+    def _reject(self, step: int, error: BaseException, quarantine: str | os.PathLike | None) -> None:
+        path = self.path(step)
+        detail = f"{type(error).__name__}: {str(error).strip().splitlines()[0] if str(error).strip() else ''}"
+        moved = ""
+        if quarantine is not None:
+            dest = Path(quarantine) / f"{step}-{int(time.time())}"
+            dest.parent.mkdir(parents=True, exist_ok=True)
+            shutil.move(str(path), str(dest))
+            moved = f"; moved to {dest}"
+            self.manager.reload()
+        warnings.warn(f"Checkpoint {path} is corrupt or incomplete ({detail}){moved}; using the previous one.",
+                      stacklevel=3)
+
+
+# --------------------------------------------------------------------------------------------- config checks
+def _flatten_config(data: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
+    out = {}
+    for k, v in data.items():
+        if isinstance(v, Mapping) and v and f"{prefix}{k}" != "env.options":
+            out.update(_flatten_config(v, f"{prefix}{k}."))
+        else:
+            out[f"{prefix}{k}"] = v
+    return out
+
+
+def config_differences(saved: Mapping[str, Any], current: Mapping[str, Any],
+                       allowed: Sequence[str] = RESUME_MAY_CHANGE) -> list[tuple[str, Any, Any]]:
+    """(key, saved value, current value) for every config key that differs and may not change on resume.
+
+    Keys present on one side only (added or removed by a code change) are not reported.
+    """
+    a = _flatten_config(_plain(saved))
+    b = _flatten_config(_plain(current))
+    out = []
+    for key in sorted(set(a) & set(b)):
+        if a[key] != b[key] and not any(key == p or (p.endswith(".") and key.startswith(p)) for p in allowed):
+            out.append((key, a[key], b[key]))
+    return out
+
+
+def _plain(value: Any) -> Any:
+    if isinstance(value, Mapping):
+        return {k: _plain(v) for k, v in value.items()}
+    if isinstance(value, tuple | list):
+        return [_plain(v) for v in value]
+    return value
+
+
+def check_config(saved: Mapping[str, Any], current: Mapping[str, Any], where: str = "the checkpoint") -> None:
+    """Raises CheckpointError listing every key (both values) in which `current` differs from `saved`."""
+    diff = config_differences(saved, current)
+    if diff:
+        lines = "\n".join(f"  {k}: checkpoint {a!r}, now {b!r}" for k, a, b in diff)
+        raise CheckpointError(
+            f"The config differs from the one that wrote {where} in {len(diff)} key(s):\n{lines}\n"
+            f"Resume with the same config (only {', '.join(RESUME_MAY_CHANGE)} may change), use another "
+            "--logdir, or start a new run from it with --from_checkpoint PATH.")
+
+
+# -------------------------------------------------------------------------------------- starting from elsewhere
+def resolve(path: str | os.PathLike) -> tuple[Path, int | None]:
+    """(checkpoint directory, step or None = latest) for a logdir, its `ckpt` directory or one step directory."""
+    p = Path(path).expanduser().resolve()
+    if not p.is_dir():
+        raise CheckpointError(f"--from_checkpoint {path}: no such directory (give a logdir, its ckpt/ directory "
+                              "or one checkpoint step directory such as ckpt/1200).")
+    if (p / "ckpt").is_dir():
+        return p / "ckpt", None
+    if p.name.isdigit() and (p / "state").is_dir():
+        return p.parent, int(p.name)
+    return p, None
+
+
+def load_into(path: str | os.PathLike, ts: Any, only: str = "agent") -> tuple[Any, Path]:
+    """Copies the agent state of the checkpoint at `path` into the fresh train state `ts`.
+
+    `only`: `agent` (params, optimizer, slow critic, return norm, update step, key), `params` (the networks
+    and slow critic; a fresh optimizer), `wm` (the world model only; fresh actor, critic and optimizer).
+    Returns (new train state, step directory used). Shapes must match; mismatches are listed.
+    """
+    if only not in FROM_ONLY:
+        raise CheckpointError(f"ckpt.from_only={only!r} is not known; use one of {', '.join(FROM_ONLY)}.")
+    directory, step = resolve(path)
+    manager = ocp.CheckpointManager(epath.Path(directory), options=ocp.CheckpointManagerOptions(create=False),
+                                    item_handlers=_handlers())
+    try:
+        steps = sorted(manager.all_steps())
+        if not steps:
+            raise CheckpointError(f"--from_checkpoint {path}: {directory} holds no complete checkpoint.")
+        step = steps[-1] if step is None else step
+        if step not in steps:
+            raise CheckpointError(f"--from_checkpoint {path}: step {step} is not a complete checkpoint; "
+                                  f"complete: {steps}.")
+        metadata = manager.item_metadata(step)["state"]
+        tree = getattr(metadata, "tree", metadata)
+        target = jax.tree.map(lambda m: jax.ShapeDtypeStruct(tuple(m.shape), m.dtype,
+                                                             sharding=jax.sharding.SingleDeviceSharding(
+                                                                 jax.local_devices()[0])), tree)
+        saved = manager.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore(target)))["state"]
+    finally:
+        manager.close()
+    fresh = to_nested({"agent": ts})
+    if only == "agent":
+        parts = [("agent",)]
+    elif only == "params":
+        parts = [("agent", "params"), ("agent", "slow")]
+    else:
+        parts = [("agent", "params", "wm")]
+    mismatch = []
+    merged = jax.tree.map(lambda x: x, fresh)
+    for part in parts:
+        src, dst = _lookup(saved, part), _lookup(fresh, part)
+        a, b = _flat_names(src), _flat_names(dst)
+        for name in sorted(set(a) | set(b)):
+            sa = np.shape(a[name]) if name in a else "absent"
+            sb = np.shape(b[name]) if name in b else "absent"
+            if sa != sb:
+                mismatch.append(f"  {'/'.join(part)}/{name}: checkpoint {sa}, this model {sb}")
+        if not mismatch:
+            node = _lookup(merged, part[:-1])
+            node[part[-1]] = jax.tree.map(lambda s, d: jax.device_put(jnp.asarray(s, d.dtype), d.sharding), src, dst)
+    if mismatch:
+        shown = "\n".join(mismatch[:20]) + (f"\n  ... {len(mismatch) - 20} more" if len(mismatch) > 20 else "")
+        raise CheckpointError(f"--from_checkpoint {directory / str(step)}: {len(mismatch)} array(s) differ in shape "
+                              f"from this model (ckpt.from_only={only}):\n{shown}\n"
+                              "Use the model config of that run (see its config.yaml).")
+    return from_nested(merged, {"agent": ts})["agent"], directory / str(step)

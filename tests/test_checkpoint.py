@@ -1,0 +1,278 @@
+"""Checkpoints: exact resume of the update sequence, corrupt/partial checkpoints, config checks, starting from
+another run, the non-finite loss guard, and the TensorBoard event writer."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import warnings
+
+import chex
+import dm_env
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+import envs
+from lwm import checkpoint as ck
+from lwm import config
+from lwm.agent import Agent
+from lwm.driver import Driver
+from lwm.logger import Logger, decode_event, log_positions, read_records, rewind
+from lwm.loop import NonFiniteLoss, _policy_fn, train_loop
+from lwm.replay import Replay
+
+N_ENVS = 4
+
+
+def _cfg(**overrides):
+    base = {"env.num_envs": N_ENVS, "batch_length": 8, "run.log_every": 0.0, "run.summary_every": 0.0,
+            "run.eval_episodes": 0, "agent.imag.horizon": 5}
+    return config.load(["debug", "tokenchoice"], {**base, **overrides})
+
+
+@pytest.fixture(scope="module")
+def setup():
+    cfg = _cfg()
+    env = envs.make("tokenchoice", num_choices=4, delay=2)
+    agent = Agent(env.observation_spec(), env.action_spec(), cfg)
+    worlds = [envs.make("tokenchoice", num_choices=4, delay=2) for _ in range(N_ENVS)]
+    ts = agent.init(0)
+    act = _policy_fn(agent, N_ENVS, 0, False, lambda: ts["params"])
+    replay = Replay(400, N_ENVS, cfg.batch_length, seed=3, priority_frac=0.5)
+    driver = Driver(worlds, [k.name for k in agent.keys])
+    for _ in range(40):
+        driver.step(act, on_step=replay.add)
+    return cfg, agent, replay
+
+
+def _updates(agent, ts, replay, n):
+    for _ in range(n):
+        batch, index = replay.sample(agent.config.batch_size, agent.config.agent.rssm.classes)
+        ts, _, post = agent.train(ts, batch)
+        post = jax.device_get(post)
+        replay.update_latents(index, post)
+        replay.update_priorities(index, post["loss"])
+    return ts
+
+
+def test_restore_continues_the_exact_update_sequence(setup, tmp_path):
+    cfg, agent, replay = setup
+    ts = _updates(agent, agent.init(0), replay, 2)
+    policy_key = jax.random.key(11)
+    saver = ck.Checkpointer(tmp_path / "ckpt", keep=2, async_save=True)
+    saver.save(160, {"agent": ts, "policy_key": policy_key}, {"env_steps": 160, "config": cfg.to_dict()}, replay)
+    # Training goes on at once and donates `ts` while the arrays may still be written in the background.
+    ts_a = _updates(agent, ts, replay, 3)
+    want = jax.device_get(ts_a)
+    saver.close()
+
+    loader = ck.Checkpointer(tmp_path / "ckpt")
+    assert loader.steps() == [160]
+    got = loader.restore_latest_good({"agent": agent.init(1), "policy_key": jax.random.key(0)}, config=cfg,
+                                     replay_kwargs={"priority_frac": 0.5})
+    loader.close()
+    assert got.step == 160 and got.meta["env_steps"] == 160
+    chex.assert_trees_all_equal(jax.random.key_data(got.state["policy_key"]), jax.random.key_data(policy_key))
+    assert len(got.replay) == len(replay) and got.replay.pos == replay.pos
+    assert got.replay.weight is not None
+    ts_b = _updates(agent, got.state["agent"], got.replay, 3)
+    got_tree = jax.device_get(ts_b)
+    chex.assert_trees_all_equal(jax.random.key_data(got_tree.pop("key")), jax.random.key_data(want.pop("key")))
+    chex.assert_trees_all_equal(got_tree, want)
+    assert agent.traces["train"] == 1, agent.traces
+
+
+def _tiny_state(seed):
+    return {"agent": {"w": jnp.full((3,), float(seed)), "key": jax.random.key(seed)},
+            "policy_key": jax.random.key(seed + 1)}
+
+
+def _tiny_replay(steps):
+    replay = Replay(40, 2, 4, seed=0)
+    for t in range(steps):
+        replay.add({"obs": {"x": np.full((2, 3), t, np.float32)}, "reward": np.zeros(2, np.float32)})
+    return replay
+
+
+def _corrupt_replay(path):
+    file = next((path / "replay").glob("*.npz"))
+    file.write_bytes(file.read_bytes()[:50])
+
+
+def _corrupt_state(path):
+    shutil.rmtree(path / "state")
+    (path / "state").mkdir()
+
+
+def _corrupt_meta(path):
+    for file in (path / "meta").iterdir():
+        file.write_text("{not json")
+
+
+@pytest.mark.parametrize("corrupt", [_corrupt_replay, _corrupt_state, _corrupt_meta])
+def test_corrupt_latest_checkpoint_falls_back_to_the_previous_one(tmp_path, corrupt):
+    saver = ck.Checkpointer(tmp_path / "ckpt", keep=3, async_save=False)
+    for step in (10, 20):
+        saver.save(step, _tiny_state(step), {"env_steps": step}, _tiny_replay(step // 2))
+    saver.close()
+    corrupt(tmp_path / "ckpt" / "20")
+    # A write that was interrupted leaves a temporary directory: never listed, removed on start.
+    partial = tmp_path / "ckpt" / "30.orbax-checkpoint-tmp"
+    (partial / "state").mkdir(parents=True)
+
+    loader = ck.Checkpointer(tmp_path / "ckpt")
+    assert loader.steps() == [10, 20]
+    with pytest.warns(UserWarning, match=r"ckpt/20 is corrupt or incomplete.*previous one"):
+        got = loader.restore_latest_good(_tiny_state(0), quarantine=tmp_path / "ckpt_corrupt")
+    assert got.step == 10 and got.meta == {"env_steps": 10}
+    np.testing.assert_array_equal(got.state["agent"]["w"], np.full(3, 10.0))
+    assert len(got.replay) == 10
+    # The bad one is moved aside, so a resumed run can write step 20 again.
+    assert loader.steps() == [10] and len(list((tmp_path / "ckpt_corrupt").iterdir())) == 1
+    assert loader.save(20, _tiny_state(20), {"env_steps": 20}, _tiny_replay(3))
+    loader.close()
+    assert not partial.exists()  # removed in the background by the manager
+
+
+def test_no_checkpoint_and_all_corrupt(tmp_path):
+    saver = ck.Checkpointer(tmp_path / "ckpt", keep=2, async_save=False)
+    assert saver.restore_latest_good(_tiny_state(0)) is None
+    saver.save(5, _tiny_state(5), {"env_steps": 5}, _tiny_replay(4))
+    _corrupt_state(tmp_path / "ckpt" / "5")
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        assert saver.restore_latest_good(_tiny_state(0), quarantine=tmp_path / "bad") is None
+    assert any("ckpt/5" in str(w.message) for w in caught)
+    saver.close()
+
+
+def test_config_check_names_every_differing_key():
+    saved = _cfg().to_dict()
+    ok = _cfg(**{"run.steps": 99, "run.log_every": 3.0, "run.eval_episodes": 7, "ckpt.every_s": 1.0,
+                 "jax.compute_dtype": "float32"})
+    ck.check_config(saved, ok)  # keys that may change on resume
+    bad = _cfg(**{"agent.rssm.deter": 48, "batch_size": 8, "env.options.delay": 3, "run.steps": 5})
+    with pytest.raises(ck.CheckpointError) as e:
+        ck.check_config(saved, bad, where="runs/a/ckpt/100")
+    text = str(e.value)
+    assert "3 key(s)" in text and "runs/a/ckpt/100" in text
+    assert "agent.rssm.deter: checkpoint 64, now 48" in text
+    assert "batch_size: checkpoint 4, now 8" in text
+    assert "env.options: checkpoint" in text and "'delay': 3" in text
+    assert "run.steps" not in text.split("\n", 1)[1].split("Resume")[0]
+
+
+def test_from_checkpoint_world_model_only_and_shape_errors(setup, tmp_path):
+    cfg, agent, _ = setup
+    source = agent.init(0)
+    saver = ck.Checkpointer(tmp_path / "run" / "ckpt", async_save=False)
+    saver.save(100, {"agent": source, "policy_key": jax.random.key(0)}, {"env_steps": 100})
+    saver.close()
+    want = jax.device_get(source)
+
+    fresh = agent.init(1)
+    fresh_np = jax.device_get(fresh)
+    ts, used = ck.load_into(tmp_path / "run", fresh, "wm")
+    assert used == (tmp_path / "run" / "ckpt" / "100").resolve()
+    got = jax.device_get(ts)
+    chex.assert_trees_all_equal(got["params"]["wm"], want["params"]["wm"])
+    chex.assert_trees_all_equal(got["params"]["actor"], fresh_np["params"]["actor"])
+    chex.assert_trees_all_equal(got["opt"], fresh_np["opt"])
+
+    ts, _ = ck.load_into(tmp_path / "run" / "ckpt" / "100", agent.init(1), "agent")
+    got = jax.device_get(ts)
+    chex.assert_trees_all_equal(got["params"], want["params"])
+    chex.assert_trees_all_equal(jax.random.key_data(got["key"]), jax.random.key_data(want["key"]))
+
+    env = envs.make("tokenchoice", num_choices=4, delay=2)
+    other = Agent(env.observation_spec(), env.action_spec(), _cfg(**{"agent.rssm.deter": 32}))
+    with pytest.raises(ck.CheckpointError, match=r"differ in shape(.|\n)*agent/params/wm/rssm.*\(64"):
+        ck.load_into(tmp_path / "run", other.init(0), "wm")
+    with pytest.raises(ck.CheckpointError, match="no such directory"):
+        ck.load_into(tmp_path / "nowhere", fresh, "wm")
+    with pytest.raises(ck.CheckpointError, match="from_only='actor'.*agent, params, wm"):
+        ck.load_into(tmp_path / "run", fresh, "actor")
+
+
+class NanReward(dm_env.Environment):
+    """tokenchoice whose rewards turn NaN after `after` steps."""
+
+    def __init__(self, after):
+        self.env, self.after, self.t = envs.make("tokenchoice", num_choices=4, delay=2), after, 0
+
+    def reset(self):
+        return self.env.reset()
+
+    def step(self, action):
+        self.t += 1
+        ts = self.env.step(action)
+        return ts._replace(reward=float("nan")) if self.t > self.after else ts
+
+    def observation_spec(self):
+        return self.env.observation_spec()
+
+    def action_spec(self):
+        return self.env.action_spec()
+
+
+def _nan_run(tmp_path, mode):
+    cfg = _cfg(**{"run.steps": 160, "run.train_fill": 64, "run.train_ratio": 32.0, "run.nonfinite": mode,
+                  "ckpt.every_updates": 8, "ckpt.async_save": False})
+    return train_loop(cfg, tmp_path, lambda i: NanReward(after=20))
+
+
+def test_nonfinite_loss_stops_naming_the_loss_and_keeps_the_last_checkpoint(tmp_path):
+    with pytest.raises(NonFiniteLoss, match=r"non-finite loss at update \d+ .*loss/reward=nan.*last good checkpoint"):
+        _nan_run(tmp_path, "stop")
+    loader = ck.Checkpointer(tmp_path / "ckpt")
+    steps = loader.steps()
+    assert steps, "no checkpoint was kept"
+    meta = loader.read_meta(steps[-1])
+    loader.close()
+    assert meta["updates"] > 0 and meta["skipped"] == 0
+
+
+def test_nonfinite_loss_skip_mode_counts_and_keeps_params_finite(setup, tmp_path):
+    _, agent, _ = setup
+    summary = _nan_run(tmp_path, "skip")
+    assert summary["env_steps"] == 160 and summary["skipped_updates"] > 0
+    rows = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    assert rows[-1]["train/skipped_total"] == summary["skipped_updates"]
+    assert sum(r["train/skipped"] for r in rows) == summary["skipped_updates"]
+    loader = ck.Checkpointer(tmp_path / "ckpt")
+    meta = loader.read_meta(loader.steps()[-1])
+    loader.close()
+    assert meta["skipped"] == summary["skipped_updates"]
+    ts, _ = ck.load_into(tmp_path, agent.init(0), "agent")
+    leaves = jax.tree.leaves(jax.device_get(ts["params"]))
+    assert all(np.all(np.isfinite(x)) for x in leaves)
+
+
+def test_tensorboard_events_round_trip_and_rewind(tmp_path):
+    logger = Logger(tmp_path)
+    logger.write({"step": 10, "loss/total": 1.5, "flag": True, "text": "x", "nan": float("nan")})
+    at = logger.positions()
+    logger.write({"step": 20, "loss/total": 0.5})
+    logger.close()
+    (events,) = tmp_path.glob("events.out.tfevents.*")
+    records = [decode_event(r) for r in read_records(events)]
+    assert records[0]["file_version"] == "brain.Event:2"
+    assert records[1]["step"] == 10 and records[1]["scalars"] == {"loss/total": 1.5}  # no bools, text or NaN
+    assert records[2]["step"] == 20 and records[2]["scalars"] == {"loss/total": 0.5}
+    assert set(at) == {"metrics.jsonl", events.name}
+    # A checksum error is detected.
+    bad = bytearray(events.read_bytes())
+    bad[-6] ^= 0xFF
+    (tmp_path / "bad").write_bytes(bytes(bad))
+    with pytest.raises(ValueError, match="bad or truncated"):
+        read_records(tmp_path / "bad")
+    # Rewinding drops what came after the checkpoint, in both files; later event files go away.
+    later = Logger(tmp_path)
+    later.write({"step": 30, "loss/total": 0.1})
+    later.close()
+    assert rewind(tmp_path, at) == 2
+    assert [json.loads(line)["step"] for line in (tmp_path / "metrics.jsonl").read_text().splitlines()] == [10]
+    assert [decode_event(r)["step"] for r in read_records(events)] == [0, 10]
+    assert set(log_positions(tmp_path)) == set(at)
