@@ -80,6 +80,8 @@ class Agent:
         if config.replay.priority_signal not in ("model", "heads"):
             raise ValueError(f"replay.priority_signal={config.replay.priority_signal!r} is not known; "
                              "use 'model' or 'heads'.")
+        if 0 < cfg.imag.starts < config.batch_size:
+            start_indices(config.batch_size, config.batch_length, cfg.imag.starts, jax.random.key(0))  # raises
         nets = Nets(self.keys, self.heads, cfg, rngs=nnx.Rngs(0), dtype=self.dtype)
         self.graph, params = nnx.split(nets, nnx.Param)
         self.critic_graph, _ = nnx.split(nets.critic, nnx.Param)
@@ -158,7 +160,7 @@ class Agent:
         cfg = self.config.agent
         nets = nnx.merge(self.graph, params)
         wm = nets.wm
-        k_obs, k_img = jax.random.split(key)
+        k_obs, k_img, k_starts = jax.random.split(key, 3)
         obs = {k.name: batch["obs"][k.name] for k in self.keys}
         actions = {h.name: batch["action"][h.name] - h.low for h in self.heads}
         onehot = ac.onehot_actions(self.heads, actions)  # [B, T, A]
@@ -178,6 +180,11 @@ class Agent:
         wm_sg = frozen.wm
         B, T = batch["reward"].shape
         start = jax.tree.map(lambda x: sg(x).reshape((B * T,) + x.shape[2:]), post)
+        start_cont = 1.0 - batch["is_terminal"].reshape(-1).astype(jnp.float32)
+        idx = start_indices(B, T, cfg.imag.starts, k_starts)  # None = every posterior state
+        if idx is not None:  # the B last states of the rows first (they bootstrap the replay returns)
+            start = jax.tree.map(lambda x: x[idx], start)
+            start_cont = start_cont[idx]
 
         def policy(state, k):
             logits = frozen.actor(wm_sg.rssm.feat(state))
@@ -187,7 +194,6 @@ class Agent:
         ifeat = sg(wm_sg.rssm.feat(states))
         reward = wm_sg.reward_mean(ifeat[:, 1:])
         cont = wm_sg.cont_prob(ifeat[:, 1:])
-        start_cont = 1.0 - batch["is_terminal"].reshape(-1).astype(jnp.float32)
         value = nets.critic.mean(ifeat)  # [N, H+1]
         ret = ac.lambda_return(reward, cont, sg(value[:, 1:]), sg(value[:, -1]), self.gamma, cfg.imag.lam)
         weight = sg(jnp.cumprod(jnp.concatenate([start_cont[:, None], cont[:, :-1]], 1), 1))  # [N, H]
@@ -215,7 +221,7 @@ class Agent:
         rvalue = sg(dists.twohot_mean(rvalue_logits, bins))
         first = batch["is_first"].astype(jnp.float32)
         rcont = (1.0 - batch["is_terminal"].astype(jnp.float32)) * (1.0 - first)
-        boot = ret[:, 0].reshape(B, T)[:, -1]
+        boot = ret[:B, 0] if idx is not None else ret[:, 0].reshape(B, T)[:, -1]
         rret = ac.lambda_return(batch["reward"][:, 1:].astype(jnp.float32), rcont[:, 1:], rvalue[:, 1:], boot,
                                 self.gamma, cfg.imag.lam)
         rweight = 1.0 - first[:, 1:]
@@ -320,6 +326,19 @@ class Agent:
 
     def param_count(self) -> int:
         return int(self.num_params)
+
+
+def start_indices(B: int, T: int, starts: int, key: jax.Array) -> jax.Array | None:
+    """Which of the B·T posterior states start imagination: None for all (`starts` 0 or ≥ B·T), else the last
+    state of every row (indices [0, B)) followed by `starts` − B others drawn without replacement."""
+    if starts <= 0 or starts >= B * T:
+        return None
+    if starts < B:
+        raise ValueError(f"agent.imag.starts={starts} must be 0 (every posterior state) or at least batch_size={B} "
+                         "(the last state of every sequence starts imagination).")
+    last = jnp.arange(B) * T + (T - 1)
+    others = jax.random.permutation(key, B * (T - 1))[: starts - B]
+    return jnp.concatenate([last, (others // (T - 1)) * T + others % (T - 1)])
 
 
 def describe_size(num: int) -> str:

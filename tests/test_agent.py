@@ -594,3 +594,34 @@ def test_unknown_priority_signal_is_rejected():
     cfg = config.load(["debug"], {"replay.priority_signal": "rewards"})
     with pytest.raises(ValueError, match="priority_signal='rewards'.*'model' or 'heads'"):
         Agent({"vector": OBS_SPEC["vector"]}, specs.DiscreteArray(2, name="action"), cfg)
+
+
+def test_imagination_start_subset():
+    from lwm.agent import start_indices
+
+    B, T = 4, 6
+    assert start_indices(B, T, 0, jax.random.key(0)) is None and start_indices(B, T, B * T, jax.random.key(0)) is None
+    idx = np.asarray(start_indices(B, T, 10, jax.random.key(1)))
+    assert idx.shape == (10,) and len(set(idx.tolist())) == 10 and (idx >= 0).all() and (idx < B * T).all()
+    np.testing.assert_array_equal(idx[:B], np.arange(B) * T + T - 1)  # every row's last state first
+    assert not np.isin(idx[B:], np.arange(B) * T + T - 1).any()
+    with pytest.raises(ValueError, match="agent.imag.starts=3 must be 0 .* at least batch_size=4"):
+        Agent({"vector": OBS_SPEC["vector"]}, specs.DiscreteArray(2, name="action"),
+              config.load(["debug"], {"agent.imag.starts": 3, "batch_size": 4}))
+    # A train step that imagines from a subset runs, is finite and traces once.
+    cfg = config.load(["debug"], {"agent.imag.starts": 9, "batch_size": 4, "batch_length": 6})
+    agent = Agent({"vector": OBS_SPEC["vector"]}, specs.DiscreteArray(2, name="action"), cfg)
+    rng = np.random.default_rng(0)
+    r = cfg.agent.rssm
+    batch = {"obs": {"vector": rng.normal(size=(B, T, 4)).astype(np.float32)},
+             "action": {"action": rng.integers(0, 2, (B, T)).astype(np.int32)},
+             "reward": rng.normal(size=(B, T)).astype(np.float32), "is_first": np.zeros((B, T), bool),
+             "is_terminal": np.zeros((B, T), bool),
+             "start": {"deter": np.zeros((B, r.deter), np.float32), "stoch": np.zeros((B, r.stoch, r.classes),
+                                                                                     np.float32)},
+             "start_action": {"action": np.zeros((B,), np.int32)}}
+    ts = agent.init(0)
+    for _ in range(2):
+        ts, metrics, _ = agent.train(ts, batch)
+    chex.assert_tree_all_finite(jax.device_get(metrics))
+    assert agent.traces["train"] == 1
