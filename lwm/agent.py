@@ -92,7 +92,7 @@ class Agent:
         # exactly once per Agent; more means a shape or dtype drifted (tests also check with chex).
         self.traces = {"policy": 0, "train": 0, "report": 0}
         self.train = jax.jit(self._train, donate_argnums=(0,))
-        self.report = jax.jit(self._report)
+        self.report = jax.jit(self._report, static_argnames=("context",))
         if mesh is not None:
             self._shard(mesh)
 
@@ -271,7 +271,9 @@ class Agent:
     def _report(self, params, batch, key, context: int | None = None):
         """Open-loop prediction: observe `context` steps, then imagine the rest from the real actions.
 
-        Returns per-horizon errors (image MSE per pixel, vector MSE, token accuracy) and the predictions.
+        Returns per-step errors (image MSE per pixel, vector MSE, token accuracy; averaged over the batch), the
+        predictions, reward, continue probability, critic value and the latent states [B, T] (posteriors for
+        the first `context` steps, prior-only after). `context` is static: one compile per (shape, context).
         """
         self.traces["report"] += 1
         nets = nnx.merge(self.graph, params)
@@ -299,7 +301,8 @@ class Agent:
         states = jax.tree.map(lambda a, b: jnp.concatenate([a, b], 1), post, imagined)
         feats = wm.rssm.feat(states)
         pred = wm.decoder.predict(feats)
-        out = {"pred": pred, "reward": wm.reward_mean(feats), "cont": wm.cont_prob(feats)}
+        out = {"pred": pred, "reward": wm.reward_mean(feats), "cont": wm.cont_prob(feats),
+               "value": nets.critic.mean(feats), "state": states}
         for k in self.keys:
             p, x = pred[k.name], obs[k.name]
             axes = tuple(range(2, x.ndim))

@@ -1,0 +1,254 @@
+"""Imagination report of a trained agent: `python -m launch.visualize --logdir DIR --out report.html`.
+
+  --logdir DIR          a training run (its config.yaml and ckpt/ are read)
+  --checkpoint PATH     a checkpoint to use instead of the latest of DIR (a logdir, a ckpt/ directory or one
+                        step directory such as DIR/ckpt/1200)
+  --env NAME            run the episodes in another world (its specs must match the trained one)
+  --episodes N          episodes collected with the trained policy (default 4)
+  --context K           steps the model observes before imagining (default: a quarter of the episode, 1..5)
+  --seed S              seed of the episodes and the imagination (default 0)
+  --max_steps N         cut episodes after N steps (default 200)
+  --platform P          cpu | gpu | tpu (default: the run's jax.platform)
+  --out FILE.html       the page to write (default DIR/report.html)
+  --gif FILE.gif        also the first episode's open-loop strip (true | predicted | error) as an animated GIF
+  --mp4 FILE.mp4        the same as an MP4 (needs ffmpeg; skipped with a note without it)
+  --scripted TEAM       defusal worlds only, no model: draw one episode of a scripted team (random_legal,
+                        heuristic, planner) with the room graph, bombs, known sequences and messages
+
+The page is one self-contained HTML file (images inline, no network access): a step slider, play button and
+arrow keys; per step the true, predicted and error frames, the true and predicted words (top 5 with
+probabilities), reward, continue, value and actions, observed and imagined steps marked; and the open-loop
+error by horizon, which is also printed.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from lwm import config as lwm_config
+from lwm.runtime import default_cache_dir, setup_jax
+
+FLAGS = ("logdir", "checkpoint", "env", "episodes", "context", "seed", "max_steps", "platform", "out", "gif", "mp4",
+         "scripted")
+PLATFORMS = ("cpu", "gpu", "tpu")
+
+
+def _fail(message: str) -> SystemExit:
+    return SystemExit(f"error: {message}")
+
+
+def parse(argv: Sequence[str]) -> dict[str, str]:
+    """`--flag value` pairs; unknown flags and missing values are errors that list the flags."""
+    out: dict[str, str] = {}
+    args = list(argv)
+    i = 0
+    while i < len(args):
+        arg = args[i]
+        name, eq, inline = arg[2:].partition("=") if arg.startswith("--") else ("", "", "")
+        if name not in FLAGS:
+            raise _fail(f"unknown argument {arg!r}; flags: {', '.join('--' + f for f in FLAGS)}.")
+        if eq:
+            out[name] = inline
+            i += 1
+        elif i + 1 < len(args) and not args[i + 1].startswith("--"):
+            out[name] = args[i + 1]
+            i += 2
+        else:
+            raise _fail(f"--{name} needs a value.")
+    return out
+
+
+def _int(flags: dict, name: str, default: int | None, low: int) -> int | None:
+    if name not in flags:
+        return default
+    try:
+        value = int(flags[name])
+    except ValueError:
+        raise _fail(f"--{name} {flags[name]!r} is not an integer (it must be >= {low}).") from None
+    if value < low:
+        raise _fail(f"--{name} {value} must be >= {low}.")
+    return value
+
+
+def check_out(path: Path, flag: str = "--out") -> None:
+    """Fails early (before any compilation) when `path` cannot be written."""
+    if path.is_dir():
+        raise _fail(f"{flag} {path} is a directory; give a file name such as {path / 'report.html'}.")
+    if not path.parent.is_dir():
+        raise _fail(f"{flag} {path}: the directory {path.parent} does not exist.")
+    existed = path.exists()
+    try:
+        with path.open("a"):
+            pass
+    except OSError as e:
+        raise _fail(f"{flag} {path} is not writable ({e.strerror or type(e).__name__}).") from None
+    if not existed:
+        path.unlink()
+
+
+def load_run(logdir: Path, checkpoint: str | None) -> tuple[Any, Path]:
+    """(config of the run, checkpoint directory argument) with clear errors for missing pieces."""
+    from lwm.checkpoint import CheckpointError, resolve
+
+    if not logdir.exists():
+        raise _fail(f"--logdir {logdir} does not exist; give the --logdir of a training run (launch.train).")
+    if not logdir.is_dir():
+        raise _fail(f"--logdir {logdir} is not a directory.")
+    cfg_path = logdir / "config.yaml"
+    if not cfg_path.exists():
+        raise _fail(f"--logdir {logdir} holds no config.yaml: it is not a training run's logdir.")
+    try:
+        config = lwm_config.load([str(cfg_path)])
+    except lwm_config.ConfigError as e:
+        raise _fail(f"{cfg_path}: {e}") from None
+    source = Path(checkpoint).expanduser() if checkpoint else logdir
+    try:
+        directory, step = resolve(source)
+    except CheckpointError as e:
+        raise _fail(str(e).replace("--from_checkpoint", "--checkpoint")) from None
+    if step is None:
+        if not complete_steps(directory):
+            flag = "--checkpoint" if checkpoint else "--logdir"
+            raise _fail(f"{flag} {source}: no complete checkpoint in {directory}; train first (python -m "
+                        "launch.train ... --logdir DIR, checkpoints are on by default) or pass --checkpoint PATH.")
+    return config, source
+
+
+def complete_steps(directory: Path) -> list[int]:
+    """Complete checkpoint steps in `directory`, read without touching it (a run may be writing there)."""
+    import orbax.checkpoint as ocp
+    from etils import epath
+
+    if not directory.is_dir():
+        return []
+    manager = ocp.CheckpointManager(epath.Path(directory), options=ocp.CheckpointManagerOptions(create=False))
+    try:
+        return sorted(manager.all_steps())
+    finally:
+        manager.close()
+
+
+def scripted_defusal(env_name: str, team: str, seed: int, out: Path, max_steps: int) -> dict:
+    """One scripted defusal episode drawn per round (no model): graph, agents, bombs, known sequences, messages."""
+    import envs
+    from envs.defusal import render as defusal_render
+    from lwm.visualize import page_data, write_html
+
+    env = envs.make(env_name, seed=seed)
+    episode = defusal_render.scripted_episode(env, team, seed=seed, max_rounds=max_steps)
+    data = page_data(episode, vocab=None, title=f"{env_name}: scripted team '{team}'",
+                     meta={"world": env_name, "team": team, "seed": seed, "rounds": episode["episodes"][0]["length"]})
+    write_html(data, out)
+    return episode
+
+
+def main(argv: Sequence[str] | None = None) -> dict:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if not argv or argv[0] in ("-h", "--help"):
+        print(__doc__)
+        raise SystemExit(0)
+    flags = parse(argv)
+    episodes = _int(flags, "episodes", 4, 1)
+    context = _int(flags, "context", None, 1)
+    seed = _int(flags, "seed", 0, 0)
+    max_steps = _int(flags, "max_steps", 200, 2)
+    if "platform" in flags and flags["platform"] not in PLATFORMS:
+        raise _fail(f"--platform {flags['platform']!r} is not known; use one of {', '.join(PLATFORMS)}.")
+
+    if "scripted" in flags:
+        import envs
+        from envs.defusal import render as defusal_render
+
+        name = flags.get("env", "defusal")
+        if not name.startswith("defusal") or name not in envs.names():
+            raise _fail(f"--scripted draws defusal worlds only; --env {name!r} is not one of "
+                        f"{', '.join(n for n in envs.names() if n.startswith('defusal'))}.")
+        if flags["scripted"] not in defusal_render.TEAMS:
+            raise _fail(f"--scripted {flags['scripted']!r} is not known; use one of {', '.join(defusal_render.TEAMS)}.")
+        if "out" not in flags:
+            raise _fail("--out FILE.html is required with --scripted.")
+        out = Path(flags["out"]).expanduser()
+        check_out(out)
+        setup_jax(flags.get("platform", "cpu"), "")
+        scripted_defusal(name, flags["scripted"], seed, out, max_steps)
+        print(f"Report: {out}")
+        return {"html": str(out)}
+
+    if "logdir" not in flags:
+        raise _fail("--logdir DIR is required (a training run's logdir).")
+    logdir = Path(flags["logdir"]).expanduser()
+    config, source = load_run(logdir, flags.get("checkpoint"))
+    out = Path(flags.get("out", logdir / "report.html")).expanduser()
+    check_out(out)
+    for name in ("gif", "mp4"):
+        if name in flags:
+            check_out(Path(flags[name]).expanduser(), f"--{name}")
+    if "env" in flags:
+        try:
+            config = config.update({"env.name": flags["env"]}, where="--env")
+        except lwm_config.ConfigError as e:
+            raise _fail(str(e)) from None
+    platform = flags.get("platform", config.jax.platform)
+    cache = config.jax.cache_dir
+    setup_jax(platform, default_cache_dir(str(logdir)) if cache == "auto" else cache)
+
+    from launch.train import env_factory
+    from lwm.agent import Agent
+    from lwm.checkpoint import CheckpointError, load_into
+    from lwm.visualize import visualize
+
+    try:
+        make_env = env_factory(config)
+    except (ValueError, TypeError, ImportError) as e:
+        raise _fail(f"cannot build world {config.env.name!r}: {e}") from None
+    worlds = [make_env(20_000 + i) for i in range(episodes)]
+    spec = worlds[0].observation_spec()
+    agent = Agent(spec, worlds[0].action_spec(), config)
+    try:
+        ts, used = load_into(source, agent.init(config.seed), "agent")
+    except CheckpointError as e:
+        raise _fail(str(e).replace("--from_checkpoint", "--checkpoint")) from None
+    print(f"lwm: visualising {used} on {config.env.name} ({episodes} episode(s))", flush=True)
+    renderers = grid_renderers(spec)
+    try:
+        result = visualize(
+            agent, ts["params"], worlds, out, context=context, seed=seed, vocab=getattr(worlds[0], "vocab", None),
+            renderers=renderers, gif=flags.get("gif"), mp4=flags.get("mp4"), max_steps=max_steps,
+            title=f"{config.env.name}: imagination of {used.parent.parent.name}/{used.name}",
+            meta={"world": config.env.name, "checkpoint": str(used), "seed": seed})
+    except ValueError as e:
+        raise _fail(str(e)) from None
+    for world in worlds:
+        world.close()
+    print("Open-loop error by horizon (steps after the observed context):")
+    print(result["text"])
+    if "mp4" in flags and "mp4" not in result["paths"]:
+        print(f"note: --mp4 {flags['mp4']} skipped: ffmpeg is not installed.")
+    print(f"Report: {out}" + "".join(f" | {k}: {v}" for k, v in result["paths"].items() if k != "html"))
+    summary = {"html": str(out), "checkpoint": str(used), "context": result["context"],
+               "horizon": result["horizon"], "observed": result["observed"], "paths": result["paths"]}
+    if os.environ.get("LWM_VISUALIZE_JSON"):
+        print(json.dumps(summary))
+    summary["result"] = result
+    return summary
+
+
+def grid_renderers(spec) -> dict:
+    """minigrid's own tiles for a symbolic 7×7×3 `grid` (the adapter stores it row-major; the renderer takes
+    minigrid's [x, y] layout)."""
+    if "grid" not in spec or tuple(spec["grid"].shape) != (7, 7, 3):
+        return {}
+    from envs.gym_adapter import EgoRenderer
+
+    draw = EgoRenderer(56)
+    draw.reuse = False
+    return {"grid": lambda codes: draw(codes.transpose(1, 0, 2).astype("int64"))}
+
+
+if __name__ == "__main__":
+    main()

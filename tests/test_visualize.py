@@ -1,0 +1,408 @@
+"""The imagination visualizer: a debug run's checkpoint rendered to HTML and opened in headless Chromium.
+
+One tiny `tokenchoice` run (with its 16×16 image) is trained in-process; `launch.visualize` renders its report;
+Chromium (driven through chromedriver's W3C WebDriver HTTP API, no extra Python package) loads the page: no
+console errors, the slider, buttons and arrow keys change the shown step, a screenshot is not blank, and the
+words on the page are the episode's tokens decoded. Also: open-loop numbers, GIF/PNG encoders, a symbolic
+grid world, the defusal drawing, and the launcher's errors.
+
+Chromium is required where the environment variable CI is set (`.ci/run` installs it); elsewhere the browser
+tests skip when it is missing.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import os
+import shutil
+import socket
+import struct
+import subprocess
+import time
+import urllib.error
+import urllib.request
+import zlib
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from launch import train
+from launch import visualize as launcher
+from lwm.visualize import encode_gif, encode_png, lzw_encode
+
+TRAIN = ["--configs", "debug", "tokenchoice", "--env.options.image", "true", "--env.num_envs", "2", "--run.steps",
+         "240", "--run.train_fill", "64", "--run.train_ratio", "16", "--run.eval_episodes", "0", "--run.summary_every",
+         "0", "--run.log_every", "30"]
+
+
+# ------------------------------------------------------------------------------------------ PNG/GIF readers
+def read_png(data: bytes) -> np.ndarray:
+    """Decodes an 8-bit, non-interlaced grey/RGB/RGBA PNG (all five filters) to [H, W, C] uint8."""
+    assert data[:8] == b"\x89PNG\r\n\x1a\n"
+    i, idat, header = 8, b"", None
+    while i < len(data):
+        (n,) = struct.unpack(">I", data[i:i + 4])
+        tag, body = data[i + 4:i + 8], data[i + 8:i + 8 + n]
+        assert struct.unpack(">I", data[i + 8 + n:i + 12 + n])[0] == zlib.crc32(tag + body) & 0xFFFFFFFF
+        if tag == b"IHDR":
+            header = struct.unpack(">IIBBBBB", body)
+        elif tag == b"IDAT":
+            idat += body
+        i += 12 + n
+    w, h, depth, colour, _, _, interlace = header
+    assert depth == 8 and interlace == 0
+    c = {0: 1, 2: 3, 6: 4}[colour]
+    raw = np.frombuffer(zlib.decompress(idat), np.uint8).reshape(h, 1 + w * c)
+    out = np.zeros((h, w * c), np.int32)
+    prev = np.zeros(w * c, np.int32)
+    for y in range(h):
+        f, line = raw[y, 0], raw[y, 1:].astype(np.int32)
+        if f == 0:
+            row = line
+        elif f == 2:
+            row = (line + prev) % 256
+        elif f == 1:
+            row = line.reshape(w, c).copy()
+            row = (np.cumsum(row, 0) % 256).reshape(-1)
+        else:
+            row = np.zeros(w * c, np.int32)
+            for x in range(w * c):
+                a = row[x - c] if x >= c else 0
+                b, d = prev[x], prev[x - c] if x >= c else 0
+                if f == 3:
+                    row[x] = (line[x] + (a + b) // 2) % 256
+                else:
+                    p = a + b - d
+                    pa, pb, pc = abs(p - a), abs(p - b), abs(p - d)
+                    pred = a if pa <= pb and pa <= pc else (b if pb <= pc else d)
+                    row[x] = (line[x] + pred) % 256
+        out[y] = row
+        prev = row
+    return out.reshape(h, w, c).astype(np.uint8)
+
+
+def read_gif(data: bytes) -> list[np.ndarray]:
+    """Palette indices [H, W] of every frame of a GIF with a global palette (LZW decoded here)."""
+    assert data[:6] == b"GIF89a"
+    w, h, packed = struct.unpack("<HHB", data[6:11])
+    i = 13 + (3 * (2 << (packed & 7)) if packed & 0x80 else 0)
+    frames = []
+    while data[i] != 0x3B:
+        if data[i] == 0x21:
+            i += 2
+            while data[i]:
+                i += data[i] + 1
+            i += 1
+            continue
+        assert data[i] == 0x2C
+        i += 10
+        min_size = data[i]
+        i += 1
+        payload = bytearray()
+        while data[i]:
+            payload += data[i + 1:i + 1 + data[i]]
+            i += data[i] + 1
+        i += 1
+        frames.append(np.frombuffer(lzw_decode(bytes(payload), min_size), np.uint8)[: w * h].reshape(h, w))
+    return frames
+
+
+def lzw_decode(data: bytes, min_size: int) -> bytes:
+    clear, end = 1 << min_size, (1 << min_size) + 1
+    pos, out = 0, bytearray()
+    size, table, prev = min_size + 1, None, None
+    while True:
+        code = 0
+        for b in range(size):
+            byte = data[(pos + b) // 8] if (pos + b) // 8 < len(data) else 0
+            code |= ((byte >> ((pos + b) % 8)) & 1) << b
+        pos += size
+        if code == clear:
+            table = [bytes([k]) for k in range(clear)] + [b"", b""]
+            size, prev = min_size + 1, None
+            continue
+        if code == end:
+            return bytes(out)
+        if prev is None:
+            entry = table[code]
+        else:
+            entry = table[code] if code < len(table) else prev + prev[:1]
+            table.append(prev + entry[:1])
+            if len(table) == (1 << size) and size < 12:
+                size += 1
+        out += entry
+        prev = entry
+
+
+def test_png_and_gif_encoders_round_trip():
+    rng = np.random.default_rng(0)
+    for shape in [(5, 7, 3), (3, 4), (2, 9, 4), (64, 64, 3)]:
+        img = rng.integers(0, 256, shape, dtype=np.uint8)
+        back = read_png(encode_png(img))
+        np.testing.assert_array_equal(back.reshape(img.shape), img)
+    with pytest.raises(ValueError, match="uint8"):
+        encode_png(np.zeros((2, 2, 3), np.float32))
+    big = rng.integers(0, 256, 20000, dtype=np.uint8).tobytes()  # forces table resets
+    assert lzw_decode(lzw_encode(big), 8) == big
+    smooth = bytes(np.repeat(np.arange(256, dtype=np.uint8), 40))
+    assert lzw_decode(lzw_encode(smooth), 8) == smooth
+    frames = [np.full((6, 8, 3), v, np.uint8) for v in (0, 255)] + [rng.integers(0, 256, (6, 8, 3), dtype=np.uint8)]
+    decoded = read_gif(encode_gif(frames))
+    assert len(decoded) == 3 and decoded[0].shape == (6, 8)
+    assert (decoded[0] == 0).all() and (decoded[1] == 251).all()  # black and white corners of the colour cube
+
+
+# --------------------------------------------------------------------------------------------- the run
+@pytest.fixture(scope="module")
+def run(tmp_path_factory):
+    """A checkpointed debug run and its report (page, GIF, returned numbers)."""
+    root = tmp_path_factory.mktemp("vis")
+    logdir = root / "run"
+    train.main([*TRAIN, "--logdir", str(logdir)])
+    out = root / "report.html"
+    summary = launcher.main(["--logdir", str(logdir), "--episodes", "3", "--context", "1", "--out", str(out),
+                             "--gif", str(root / "strip.gif")])
+    return {"root": root, "logdir": logdir, "out": out, "summary": summary}
+
+
+def test_report_holds_open_loop_numbers(run, capsys):
+    s = run["summary"]
+    horizon = s["horizon"]
+    # tokenchoice (delay 2): 4 steps, 1 observed, 3 imagined
+    assert horizon["h"] == [1, 2, 3] and horizon["count"] == [3, 3, 3]
+    for name in ("image_mse", "tokens_acc", "vector_mse", "reward_abs"):
+        assert len(horizon[name]) == 3 and all(np.isfinite(horizon[name])), name
+    assert all(0.0 <= a <= 1.0 for a in horizon["tokens_acc"])
+    assert s["observed"]["tokens_acc"] > 0.9  # the posterior reads the heard word back
+    result = s["result"]
+    ep = result["episodes"][0]
+    assert ep["open"]["pred"]["image"].shape == (4, 16, 16, 3)
+    assert ep["open"]["pred"]["tokens"].shape == (4, 1, 5)  # top 5 ids, argmax first
+    assert ep["dream"]["reward"].shape == (3,) and ep["dream"]["action"]["action"].shape == (3,)
+    page = run["out"].read_text()
+    assert 'id="horizon"' in page.replace("'", '"') and f"{horizon['image_mse'][0]:.4f}" in page
+    assert "http://" not in page and "https://" not in page
+    assert "image_mse" in result["text"]
+    frames = read_gif((run["root"] / "strip.gif").read_bytes())
+    assert len(frames) == 4
+
+
+# -------------------------------------------------------------------------------------------- the browser
+def _chromium() -> tuple[str, str] | None:
+    browser = shutil.which("chromium") or shutil.which("chromium-browser") or shutil.which("google-chrome")
+    driver = shutil.which("chromedriver")
+    return (browser, driver) if browser and driver else None
+
+
+class WebDriver:
+    """A minimal W3C WebDriver client over chromedriver's HTTP API."""
+
+    def __init__(self, browser: str, driver: str):
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            port = s.getsockname()[1]
+        self.base = f"http://127.0.0.1:{port}"
+        self.proc = subprocess.Popen([driver, f"--port={port}"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        deadline = time.time() + 30
+        while True:
+            try:
+                if self._call("GET", "/status")["ready"]:
+                    break
+            except (urllib.error.URLError, ConnectionError, OSError):
+                pass
+            if time.time() > deadline:
+                self.proc.kill()
+                raise RuntimeError("chromedriver did not start")
+            time.sleep(0.1)
+        options = {"binary": browser, "args": ["--headless=new", "--no-sandbox", "--disable-gpu",
+                                               "--disable-dev-shm-usage", "--window-size=1200,1000"]}
+        caps = {"capabilities": {"alwaysMatch": {"browserName": "chrome", "goog:chromeOptions": options,
+                                                 "goog:loggingPrefs": {"browser": "ALL"}}}}
+        try:
+            self.session = self._call("POST", "/session", caps)["sessionId"]
+        except BaseException:
+            self.proc.kill()
+            raise
+
+    def _call(self, method: str, path: str, body: dict | None = None):
+        data = json.dumps(body).encode() if body is not None else None
+        req = urllib.request.Request(self.base + path, data=data, method=method,
+                                     headers={"Content-Type": "application/json"})
+        try:
+            with urllib.request.urlopen(req, timeout=60) as r:
+                return json.loads(r.read())["value"]
+        except urllib.error.HTTPError as e:
+            raise RuntimeError(f"WebDriver {method} {path}: {e.read().decode()[:500]}") from None
+
+    def cmd(self, method: str, path: str, body: dict | None = None):
+        return self._call(method, f"/session/{self.session}{path}", body)
+
+    def js(self, script: str, *args):
+        return self.cmd("POST", "/execute/sync", {"script": script, "args": list(args)})
+
+    def click(self, css: str) -> None:
+        element = self.cmd("POST", "/element", {"using": "css selector", "value": css})
+        self.cmd("POST", f"/element/{next(iter(element.values()))}/click", {})
+
+    def key(self, key: str) -> None:
+        self.cmd("POST", "/actions", {"actions": [{"type": "key", "id": "keyboard", "actions": [
+            {"type": "keyDown", "value": key}, {"type": "keyUp", "value": key}]}]})
+
+    def logs(self) -> list[dict]:
+        return self.cmd("POST", "/se/log", {"type": "browser"})
+
+    def close(self) -> None:
+        try:
+            self.cmd("DELETE", "")
+        finally:
+            self.proc.terminate()
+            self.proc.wait(10)
+
+
+@pytest.fixture(scope="module")
+def browser():
+    found = _chromium()
+    if found is None:
+        if os.environ.get("CI"):
+            pytest.fail("Chromium and chromedriver are required in CI (.ci/run installs them with apt-get).")
+        pytest.skip("chromium / chromedriver not installed (apt-get install chromium chromium-driver)")
+    driver = WebDriver(*found)
+    yield driver
+    driver.close()
+
+
+def _open(browser: WebDriver, path: Path) -> None:
+    browser.cmd("POST", "/url", {"url": path.resolve().as_uri()})
+    browser.logs()  # nothing before this page
+
+
+def _errors(browser: WebDriver) -> list[dict]:
+    return [e for e in browser.logs() if e.get("level") in ("SEVERE", "ERROR")]
+
+
+def test_page_in_headless_chromium(run, browser):
+    from envs.text import Vocabulary
+    from envs.token_world import COLOURS, EXTRA_WORDS
+
+    browser.cmd("POST", "/url", {"url": run["out"].resolve().as_uri()})
+    errors = _errors(browser)
+    assert not errors, errors
+    state = lambda: browser.js("return [document.getElementById('step-label').textContent, "  # noqa: E731
+                               "document.getElementById('phase').textContent, "
+                               "document.getElementById('slider').value]")
+    label, phase, value = state()
+    assert label.startswith("step 1 / 4") and phase.startswith("observed") and value == "0"
+    browser.js("const s = document.getElementById('slider'); s.value = 2; s.dispatchEvent(new Event('input'));")
+    label, phase, _ = state()
+    assert label.startswith("step 3 / 4") and phase.startswith("imagined")
+    browser.click("#prev")
+    assert state()[0].startswith("step 2 / 4")
+    browser.key("\ue014")  # ArrowRight
+    assert state()[0].startswith("step 3 / 4")
+    browser.key("\ue012")  # ArrowLeft
+    browser.key("\ue012")
+    assert state()[0].startswith("step 1 / 4")
+
+    # The words on the page are the episode's tokens, decoded with the world's vocabulary.
+    vocab = Vocabulary(EXTRA_WORDS + COLOURS)
+    episodes = run["summary"]["result"]["episodes"]
+    for e, ep in enumerate(episodes):
+        browser.js(f"const s = document.getElementById('episode'); s.value = {e}; "
+                   "s.dispatchEvent(new Event('change'));")
+        for t in range(ep["length"]):
+            browser.js(f"window.lwmReport.show({t});")
+            shown = browser.js("return [document.getElementById('true-text').textContent, "
+                               "document.getElementById('pred-text').textContent]")
+            assert shown[0] == vocab.decode(ep["obs"]["tokens"][t]), (e, t)
+            assert shown[1] == vocab.decode(ep["open"]["pred"]["tokens"][t][:, 0]), (e, t)
+    assert vocab.decode(episodes[0]["obs"]["tokens"][0]) in COLOURS  # the heard word is on the page
+
+    # Free imagination, then play: the step advances by itself.
+    browser.js("const m = document.getElementById('mode'); m.value = 'dream'; m.dispatchEvent(new Event('change'));")
+    assert state()[1].startswith("dream")
+    browser.click("#play")
+    time.sleep(1.6)
+    browser.click("#play")
+    assert not state()[0].startswith("step 1 /")
+    images = browser.js("return Array.from(document.querySelectorAll('#frames img')).map(i => i.naturalWidth)")
+    assert len(images) == 2 and all(w > 0 for w in images)  # real frame and dream (no error image in a dream)
+
+    shot = read_png(base64.b64decode(browser.cmd("GET", "/screenshot")))
+    assert shot.shape[0] > 100 and shot.shape[1] > 100
+    pixels = shot[..., :3].reshape(-1, 3)
+    assert len(np.unique(pixels[:: 7], axis=0)) > 20, "the screenshot is blank"
+    assert pixels.std() > 10
+    errors = _errors(browser)
+    assert not errors, errors
+
+
+def test_defusal_drawing_of_a_scripted_episode(tmp_path, browser):
+    out = tmp_path / "defusal.html"
+    launcher.main(["--scripted", "heuristic", "--env", "defusal", "--max_steps", "8", "--out", str(out)])
+    page = out.read_text()
+    assert "<svg" in page
+    _open(browser, out)
+    assert not _errors(browser)
+    n = browser.js("return document.querySelectorAll('#svg svg .bomb').length")
+    agents = browser.js("return document.querySelectorAll('#svg svg .agent').length")
+    assert n == 5 and agents == 3
+    browser.key("\ue014")
+    log = browser.js("return document.getElementById('log').textContent")
+    assert "alpha:" in log and "log_alpha" in log
+    assert not _errors(browser)
+
+
+# ------------------------------------------------------------------------------------- symbolic grid world
+def test_symbolic_grid_world_renders_grids(tmp_path):
+    import envs
+    from lwm import config
+    from lwm.agent import Agent
+    from lwm.visualize import visualize
+
+    cfg = config.load(["debug"], {"env.name": "grid_task_s"})
+    worlds = [envs.make("grid_task_s", obs="symbolic", seed=i, max_steps=10) for i in range(2)]
+    agent = Agent(worlds[0].observation_spec(), worlds[0].action_spec(), cfg)
+    ts = agent.init(0)
+    out = tmp_path / "grid.html"
+    result = visualize(agent, ts["params"], worlds, out, vocab=worlds[0].vocab,
+                       renderers=launcher.grid_renderers(worlds[0].observation_spec()), gif=tmp_path / "g.gif")
+    ep = result["episodes"][0]
+    assert ep["open"]["pred"]["grid"].shape == ep["obs"]["grid"].shape  # argmax codes per cell and channel
+    assert "grid_acc" in result["horizon"] and "direction_acc" in result["horizon"]
+    page = out.read_text()
+    assert page.count("data:image/png;base64,") > 10 and "log_text" in page
+    assert read_gif((tmp_path / "g.gif").read_bytes())
+
+
+# -------------------------------------------------------------------------------------------------- errors
+def test_launcher_errors(run, tmp_path):
+    with pytest.raises(SystemExit, match=r"--logdir .*nowhere does not exist"):
+        launcher.main(["--logdir", str(tmp_path / "nowhere"), "--out", str(tmp_path / "r.html")])
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    with pytest.raises(SystemExit, match=r"holds no config.yaml"):
+        launcher.main(["--logdir", str(empty), "--out", str(tmp_path / "r.html")])
+    shutil.copy(run["logdir"] / "config.yaml", empty / "config.yaml")
+    with pytest.raises(SystemExit, match=r"no complete checkpoint in .*empty"):
+        launcher.main(["--logdir", str(empty), "--out", str(tmp_path / "r.html")])
+    with pytest.raises(SystemExit, match=r"--checkpoint .*missing: no such directory"):
+        launcher.main(["--logdir", str(run["logdir"]), "--checkpoint", str(tmp_path / "missing"),
+                       "--out", str(tmp_path / "r.html")])
+    blocker = tmp_path / "file"
+    blocker.write_text("")
+    with pytest.raises(SystemExit, match=r"--out .*file/r.html: the directory .*file does not exist"):
+        launcher.main(["--logdir", str(run["logdir"]), "--out", str(blocker / "r.html")])
+    with pytest.raises(SystemExit, match=r"--out .* is a directory"):
+        launcher.main(["--logdir", str(run["logdir"]), "--out", str(tmp_path)])
+    with pytest.raises(SystemExit, match=r"--episodes 0 must be >= 1"):
+        launcher.main(["--logdir", str(run["logdir"]), "--episodes", "0", "--out", str(tmp_path / "r.html")])
+    with pytest.raises(SystemExit, match=r"unknown argument '--epsiodes'"):
+        launcher.main(["--logdir", str(run["logdir"]), "--epsiodes", "2"])
+    with pytest.raises(SystemExit, match=r"context=9 must be an int in 1..3"):
+        launcher.main(["--logdir", str(run["logdir"]), "--episodes", "1", "--context", "9",
+                       "--out", str(tmp_path / "r.html")])
+    with pytest.raises(SystemExit, match=r"--scripted 'genius' is not known; use one of random_legal, heuristic"):
+        launcher.main(["--scripted", "genius", "--env", "defusal", "--out", str(tmp_path / "d.html")])
+    assert not (tmp_path / "r.html").exists()
