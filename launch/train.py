@@ -71,10 +71,18 @@ def main(argv: Sequence[str] | None = None) -> dict:
     if "logdir" not in extras:
         raise SystemExit("error: --logdir DIR is required (where config.yaml, metrics.jsonl and summary.json go).")
     logdir = Path(extras["logdir"]).expanduser()
+    from lwm.checkpoint import CheckpointError, resolve
+    from lwm.loop import check_run_config
+
+    try:
+        check_run_config(config)
+        if config.ckpt["from"]:
+            resolve(config.ckpt["from"])  # fail fast on a path that does not exist
+    except (ValueError, CheckpointError) as e:
+        raise SystemExit(f"error: {e}") from None
     check_logdir(logdir)
     cache = config.jax.cache_dir
     setup_jax(config.jax.platform, default_cache_dir(str(logdir)) if cache == "auto" else cache)
-    from lwm.checkpoint import CheckpointError
     from lwm.loop import NonFiniteLoss, train_loop
 
     try:

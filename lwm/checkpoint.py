@@ -100,6 +100,15 @@ def _abstract(nested: Mapping) -> Any:
     return jax.tree.map(spec, nested)
 
 
+def _place(value: Any, ref: Any) -> Any:
+    """`value` placed like `ref`: with `ref`'s sharding when `ref` is committed to devices (a mesh), else as an
+    uncommitted array on the default device, as a fresh state is. (A committed single-device array would make
+    jit lower a different program, missing the compilation cache that a fresh run filled.)"""
+    if isinstance(ref, jax.Array) and ref.committed:
+        return value if getattr(value, "sharding", None) == ref.sharding else jax.device_put(value, ref.sharding)
+    return jnp.asarray(np.asarray(value), dtype=ref.dtype)
+
+
 def _flat_names(nested: Mapping, prefix: str = "") -> dict[str, Any]:
     out = {}
     for k, v in nested.items():
@@ -216,7 +225,7 @@ class Checkpointer:
         if with_replay:
             items["replay"] = ReplayArgs(kwargs=dict(replay_kwargs or {}))
         out = self.manager.restore(step, args=ocp.args.Composite(**items))
-        state = from_nested(out["state"], like)
+        state = from_nested(jax.tree.map(_place, out["state"], to_nested(like)), like)
         return Restored(step, self.path(step), state, dict(out["meta"]), out["replay"] if with_replay else None)
 
     def restore_latest_good(self, like: Any, config: Any = None, replay_kwargs: Mapping[str, Any] | None = None,
@@ -361,7 +370,7 @@ def load_into(path: str | os.PathLike, ts: Any, only: str = "agent") -> tuple[An
                 mismatch.append(f"  {'/'.join(part)}/{name}: checkpoint {sa}, this model {sb}")
         if not mismatch:
             node = _lookup(merged, part[:-1])
-            node[part[-1]] = jax.tree.map(lambda s, d: jax.device_put(jnp.asarray(s, d.dtype), d.sharding), src, dst)
+            node[part[-1]] = jax.tree.map(_place, src, dst)
     if mismatch:
         shown = "\n".join(mismatch[:20]) + (f"\n  ... {len(mismatch) - 20} more" if len(mismatch) > 20 else "")
         raise CheckpointError(f"--from_checkpoint {directory / str(step)}: {len(mismatch)} array(s) differ in shape "
