@@ -83,11 +83,17 @@ def main(argv: Sequence[str] | None = None) -> dict:
     check_logdir(logdir)
     cache = config.jax.cache_dir
     setup_jax(config.jax.platform, default_cache_dir(str(logdir)) if cache == "auto" else cache)
+    from lwm import parallel
+
+    try:
+        parallel.initialize(config)  # multi-host runs join here, before any JAX computation
+    except parallel.ParallelError as e:
+        raise SystemExit(f"error: {e}") from None
     from lwm.loop import NonFiniteLoss, train_loop
 
     try:
         summary = train_loop(config, logdir, env_factory(config))
-    except (CheckpointError, NonFiniteLoss) as e:
+    except (CheckpointError, NonFiniteLoss, parallel.ParallelError) as e:
         raise SystemExit(f"error: {e}") from None
     print(json.dumps(summary, indent=2))
     print(f"Results: {logdir / 'summary.json'} | metrics: {logdir / 'metrics.jsonl'} | "

@@ -23,6 +23,7 @@ import jax
 import numpy as np
 
 from lwm import checkpoint as ckpt_lib
+from lwm import parallel
 from lwm.agent import Agent, describe_size
 from lwm.driver import Driver
 from lwm.logger import Logger, log_positions, mean_metrics, rewind
@@ -97,7 +98,7 @@ def check_run_config(config) -> None:
         raise ValueError(f"env.num_envs={config.env.num_envs} must be >= 1.")
     if config.run.nonfinite not in NONFINITE:
         raise ValueError(f"run.nonfinite={config.run.nonfinite!r} is not known; use one of {', '.join(NONFINITE)}.")
-    for key in ("run.log_every", "run.summary_every", "ckpt.every_s", "ckpt.every_updates"):
+    for key in ("run.log_every", "run.summary_every", "run.report_every", "ckpt.every_s", "ckpt.every_updates"):
         section, name = key.split(".")
         if config[section][name] < 0:
             raise ValueError(f"{key}={config[section][name]} must be >= 0 (0 turns it off).")
@@ -127,16 +128,22 @@ def train_loop(config, logdir: str | Path, make_env: Callable[[int], dm_env.Envi
     logdir.mkdir(parents=True, exist_ok=True)
     t_start = time.time()
     num_envs = config.env.num_envs
-    envs = [make_env(i) for i in range(num_envs)]
+    # Multi-host: every process steps its own environments into its own replay shard and trains on its own
+    # batch rows; process 0 writes the logs (others write theirs to process_<i>/), all write checkpoints.
+    rank = jax.process_index()
+    seed = config.seed + 1_000_003 * rank  # this process's experience; the train state is seeded with config.seed
+    log_dir = logdir if rank == 0 else logdir / f"process_{rank}"
+    envs = [make_env(rank * num_envs + i) for i in range(num_envs)]
     obs_spec, act_spec = envs[0].observation_spec(), envs[0].action_spec()
-    agent = Agent(obs_spec, act_spec, config)
+    mesh = parallel.mesh_from_config(config)
+    agent = Agent(obs_spec, act_spec, config, mesh=mesh)
     ts = agent.init(config.seed)
     B, T = config.batch_size, config.batch_length
-    replay_kwargs = {"seed": config.seed, "priority_frac": config.replay.priority_frac,
+    replay_kwargs = {"seed": seed, "priority_frac": config.replay.priority_frac,
                      "priority_exponent": config.replay.priority_exponent, "event_frac": config.replay.event_frac}
     replay = Replay(config.replay.capacity, num_envs, T, **replay_kwargs)
     driver = Driver(envs, [k.name for k in agent.keys], name=config.env.name)
-    act = _policy_fn(agent, num_envs, config.seed, False, lambda: ts["params"])
+    act = _policy_fn(agent, num_envs, seed, False, lambda: ts["params"])
     counters = {"env_steps": 0, "updates": 0, "credit": 0.0, "episodes": 0, "skipped": 0}
 
     # ------------------------------------------------------------------------------- resume or start fresh
@@ -155,7 +162,7 @@ def train_loop(config, logdir: str | Path, make_env: Callable[[int], dm_env.Envi
         replay = resumed.replay
         counters.update({k: type(v)(resumed.meta[k]) for k, v in counters.items() if k in resumed.meta})
         driver.steps = counters["env_steps"]
-        dropped = rewind(logdir, resumed.meta.get("logs", {}))
+        dropped = rewind(log_dir, resumed.meta.get("logs", {}) if rank == 0 else {})
         print(f"lwm: resumed from {resumed.path} (step {driver.steps}, {counters['updates']} updates, replay "
               f"{len(replay)} steps, {counters['episodes']} episodes"
               + (f"; dropped {dropped} metric rows written after it" if dropped else "") + ")", flush=True)
@@ -163,18 +170,20 @@ def train_loop(config, logdir: str | Path, make_env: Callable[[int], dm_env.Envi
             print(f"lwm: --from_checkpoint {config.ckpt['from']} is ignored: this logdir has its own checkpoint.",
                   flush=True)
     else:
-        if ckpt is not None and log_positions(logdir):
-            dropped = rewind(logdir, {})
+        if ckpt is not None and log_positions(log_dir):
+            dropped = rewind(log_dir, {})
             print(f"lwm: no checkpoint in {logdir / 'ckpt'}: starting afresh"
                   + (f" (dropped {dropped} metric rows of an earlier attempt)" if dropped else ""), flush=True)
         if config.ckpt["from"]:
             ts, used = ckpt_lib.load_into(config.ckpt["from"], ts, config.ckpt.from_only)
             print(f"lwm: started from {used} (ckpt.from_only={config.ckpt.from_only}).", flush=True)
-    config.save(logdir / "config.yaml")  # after the checks: a mismatched config never overwrites the saved one
+    if rank == 0:
+        config.save(logdir / "config.yaml")  # after the checks: a mismatched config never overwrites the saved one
 
-    logger = Logger(logdir, console_every=config.run.log_every)
+    logger = Logger(log_dir, console_every=config.run.log_every)
     print(f"lwm: {config.env.name} | agent {describe_size(agent.param_count())} params | "
-          f"{num_envs} envs | batch {B}x{T} | train_ratio {config.run.train_ratio} | logdir {logdir}", flush=True)
+          f"{num_envs} envs | batch {B}x{T} | train_ratio {config.run.train_ratio} | {parallel.describe(mesh)} | "
+          f"logdir {logdir}", flush=True)
 
     per_step = config.run.train_ratio / (B * T)
     history: list[dict] = []
@@ -195,7 +204,7 @@ def train_loop(config, logdir: str | Path, make_env: Callable[[int], dm_env.Envi
             return
         dt = max(now - t_log, 1e-9)
         updates = counters["updates"]
-        row = {"step": driver.steps, "updates": updates, **mean_metrics(history),
+        row = {"step": driver.steps, "updates": updates, **mean_metrics(parallel.to_host(history)),
                "fps/env_steps_per_s": (driver.steps - steps_log) / dt,
                "fps/updates_per_s": (updates - updates_log) / dt, "replay/size": len(replay),
                "train/skipped": skipped_log, "train/skipped_total": counters["skipped"]}
@@ -242,7 +251,7 @@ def train_loop(config, logdir: str | Path, make_env: Callable[[int], dm_env.Envi
             or (c.every_updates > 0 and counters["updates"] - last_save["updates"] >= c.every_updates))
 
     def nonfinite_message(metrics: dict) -> str:
-        values = jax.device_get(metrics)
+        values = parallel.to_host(metrics)
         bad = {k: float(np.asarray(v)) for k, v in values.items()
                if k != "train/finite" and not np.all(np.isfinite(np.asarray(v, np.float64)))}
         names = ", ".join(f"{k}={v}" for k, v in bad.items()) or "(no metric; the state)"
@@ -251,6 +260,17 @@ def train_loop(config, logdir: str | Path, make_env: Callable[[int], dm_env.Envi
         return (f"non-finite loss at update {counters['updates'] + 1} (env step {driver.steps}): {names}. "
                 f"Stopped without saving; {where}. Lower agent.opt.lr, check the environment's rewards and "
                 "observations, or pass --run.nonfinite skip to skip such updates.")
+
+    t_report, reporter = time.time(), []
+
+    def report(params, step: int) -> None:
+        """The imagination report (`run.report_every`): <logdir>/report.html and a TensorBoard image."""
+        if jax.process_index() != 0:
+            return
+        if not reporter:
+            from lwm.visualize import TrainingReport
+            reporter.append(TrainingReport(agent, make_env, logdir, logger.events, seed=config.seed))
+        reporter[0].write(params, step)
 
     interrupted = None
     try:
@@ -264,8 +284,8 @@ def train_loop(config, logdir: str | Path, make_env: Callable[[int], dm_env.Envi
                     counters["credit"] += num_envs * per_step
                     while counters["credit"] >= 1.0 and not stop.signal:
                         batch, index = replay.sample(B, classes)
-                        ts, metrics, post = agent.train(ts, batch)
-                        finite = bool(jax.device_get(metrics.pop("train/finite")))
+                        ts, metrics, post = agent.train(ts, agent.shard_batch(batch))
+                        finite = bool(parallel.to_host(metrics.pop("train/finite")))
                         counters["credit"] -= 1.0
                         if not finite:
                             if config.run.nonfinite == "stop":
@@ -273,7 +293,7 @@ def train_loop(config, logdir: str | Path, make_env: Callable[[int], dm_env.Envi
                             counters["skipped"] += 1
                             skipped_log += 1
                         else:
-                            post = jax.device_get(post)
+                            post = parallel.to_host(post)
                             replay.update_latents(index, post)
                             replay.update_priorities(index, post["loss"])
                             history.append(metrics)
@@ -285,9 +305,14 @@ def train_loop(config, logdir: str | Path, make_env: Callable[[int], dm_env.Envi
                 log()
                 if save_due():
                     save("periodic")
+                if config.run.report_every > 0 and time.time() - t_report >= config.run.report_every:
+                    report(ts["params"], driver.steps)
+                    t_report = time.time()
             interrupted = stop.signal
             log(force=True)
             save(f"stopped by {interrupted}" if interrupted else "end of run")
+            if config.run.report_every > 0 and not interrupted:
+                report(ts["params"], driver.steps)
             if ckpt is not None:
                 ckpt.wait()
 
@@ -318,5 +343,6 @@ def train_loop(config, logdir: str | Path, make_env: Callable[[int], dm_env.Envi
         if ckpt is not None:
             ckpt.close()
         logger.close()
-    (logdir / "summary.json").write_text(json.dumps(summary, indent=2))
+    if rank == 0:
+        (logdir / "summary.json").write_text(json.dumps(summary, indent=2))
     return summary
