@@ -251,6 +251,10 @@ class Agent:
         grads, (metrics, retnorm, post) = jax.grad(self._losses, has_aux=True)(
             ts["params"], ts["slow"], ts["retnorm"], batch, sub)
         updates, opt = self.tx.update(grads, ts["opt"], ts["params"])
+        scale = self.config.agent.opt.actor_scale
+        if scale != 1.0:  # the actor's own learning rate: lr * actor_scale
+            updates = jax.tree_util.tree_map_with_path(
+                lambda path, u: u * scale if path and getattr(path[0], "key", None) == "actor" else u, updates)
         params = optax.apply_updates(ts["params"], updates)
         rate = self.config.agent.critic.slow_rate
         slow = jax.tree.map(lambda s, p: (1 - rate) * s + rate * p, ts["slow"], params["critic"])

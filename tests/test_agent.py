@@ -625,3 +625,29 @@ def test_imagination_start_subset():
         ts, metrics, _ = agent.train(ts, batch)
     chex.assert_tree_all_finite(jax.device_get(metrics))
     assert agent.traces["train"] == 1
+
+
+def test_actor_scale_sets_the_actors_learning_rate():
+    cfg = config.load(["debug"], {"agent.opt.actor_scale": 0.0, "agent.opt.warmup": 0, "batch_size": 4,
+                                  "batch_length": 6})
+    agent = Agent({"vector": OBS_SPEC["vector"]}, specs.DiscreteArray(2, name="action"), cfg)
+    ts = agent.init(0)
+    before = jax.device_get(ts["params"])
+    B, T, r = 4, 6, cfg.agent.rssm
+    rng = np.random.default_rng(0)
+    batch = {"obs": {"vector": rng.normal(size=(B, T, 4)).astype(np.float32)},
+             "action": {"action": rng.integers(0, 2, (B, T)).astype(np.int32)},
+             "reward": rng.normal(size=(B, T)).astype(np.float32), "is_first": np.zeros((B, T), bool),
+             "is_terminal": np.zeros((B, T), bool),
+             "start": {"deter": np.zeros((B, r.deter), np.float32),
+                       "stoch": np.zeros((B, r.stoch, r.classes), np.float32)},
+             "start_action": {"action": np.zeros((B,), np.int32)}}
+    ts, _, _ = agent.train(ts, batch)
+    after = jax.device_get(ts["params"])
+
+    def moved(part):
+        return max(float(np.abs(a - b).max()) for a, b in zip(jax.tree.leaves(before[part]),
+                                                               jax.tree.leaves(after[part])))
+
+    assert moved("actor") == 0.0  # actor_scale 0 freezes the actor ...
+    assert moved("critic") > 0.0 and moved("wm") > 0.0  # ... and nothing else
