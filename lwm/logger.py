@@ -86,8 +86,12 @@ def _bytes_field(number: int, payload: bytes) -> bytes:
 
 
 def encode_event(wall_time: float, step: int | None = None, scalars: Mapping[str, float] | None = None,
-                 file_version: str | None = None) -> bytes:
-    """An `Event` protobuf: wall_time (1, double), step (2, int64), file_version (3), summary (5)."""
+                 file_version: str | None = None, images: Mapping[str, tuple[bytes, int, int]] | None = None
+                 ) -> bytes:
+    """An `Event` protobuf: wall_time (1, double), step (2, int64), file_version (3), summary (5).
+
+    `images`: {tag: (PNG bytes, height, width)} as `Summary.Value(tag, image=Summary.Image(...))` (field 4:
+    height 1, width 2, colorspace 3, encoded_image_string 4); TensorBoard shows them under Images."""
     out = _field(1, 1) + struct.pack("<d", wall_time)
     if step is not None:
         out += _field(2, 0) + _varint(int(step))
@@ -97,6 +101,13 @@ def encode_event(wall_time: float, step: int | None = None, scalars: Mapping[str
         summary = b"".join(
             _bytes_field(1, _bytes_field(1, tag.encode()) + _field(2, 5) + struct.pack("<f", value))
             for tag, value in scalars.items())
+        out += _bytes_field(5, summary)
+    if images:
+        summary = b"".join(
+            _bytes_field(1, _bytes_field(1, tag.encode()) + _bytes_field(4, _field(1, 0) + _varint(h) + _field(2, 0)
+                                                                          + _varint(w) + _field(3, 0) + _varint(3)
+                                                                          + _bytes_field(4, png)))
+            for tag, (png, h, w) in images.items())
         out += _bytes_field(5, summary)
     return out
 
@@ -157,8 +168,9 @@ def _fields(data: bytes):
 
 
 def decode_event(payload: bytes) -> dict:
-    """{'wall_time', 'step', 'file_version', 'scalars': {tag: value}} of one `encode_event` payload."""
-    event: dict[str, Any] = {"step": 0, "scalars": {}}
+    """{'wall_time', 'step', 'file_version', 'scalars': {tag: value}, 'images': {tag: {height, width, png}}} of
+    one `encode_event` payload."""
+    event: dict[str, Any] = {"step": 0, "scalars": {}, "images": {}}
     for number, _, value in _fields(payload):
         if number == 1:
             event["wall_time"] = struct.unpack("<d", value)[0]
@@ -170,14 +182,19 @@ def decode_event(payload: bytes) -> dict:
             for n, _, v in _fields(value):
                 if n != 1:
                     continue
-                tag, simple = None, None
+                tag, simple, image = None, None, None
                 for vn, _, vv in _fields(v):
                     if vn == 1:
                         tag = vv.decode()
                     elif vn == 2:
                         simple = struct.unpack("<f", vv)[0]
+                    elif vn == 4:
+                        names = {1: "height", 2: "width", 3: "colorspace", 4: "png"}
+                        image = {names[n]: x for n, _, x in _fields(vv) if n in names}
                 if tag is not None and simple is not None:
                     event["scalars"][tag] = simple
+                if tag is not None and image is not None:
+                    event["images"][tag] = image
     return event
 
 
@@ -196,6 +213,12 @@ class EventWriter:
     def scalars(self, step: int, values: Mapping[str, float], wall_time: float | None = None) -> None:
         if values:
             self._write(encode_event(time.time() if wall_time is None else wall_time, step, values))
+
+    def images(self, step: int, images: Mapping[str, tuple[bytes, int, int]], wall_time: float | None = None) -> None:
+        """Image summaries {tag: (PNG bytes, height, width)} at `step`."""
+        if images:
+            self._write(encode_event(time.time() if wall_time is None else wall_time, step, images=images))
+            self.flush()
 
     def flush(self) -> None:
         self.file.flush()

@@ -453,7 +453,7 @@ table{border-collapse:collapse;font-size:13px} td,th{border:1px solid #ddd;paddi
 #strip img{width:40px;image-rendering:pixelated;border:3px solid #ccc;cursor:pointer}
 #strip img.observed{border-color:#3c9a50} #strip img.imagined{border-color:#e08a28}
 #strip img.dream{border-color:#4670dc} #strip img.current{outline:3px solid #111}
-.svg svg{max-width:520px;height:auto} .empty{color:#999}
+.svg svg{max-width:100%;height:auto} .empty{color:#999}
 """
 
 _JS = r"""
@@ -496,7 +496,9 @@ _JS = r"""
         esc(cap) + '</figcaption></figure>' : '';
       const real = s.kind === 'dream' ? 'real episode (its own actions)' : 'true';
       return fig(f.true, f.key + ': ' + real) + fig(f.pred, f.key + ': predicted') + fig(f.err, f.key + ': error');
-    }).join('') || '<span class="empty">no picture keys</span>';
+    }).join('');
+    $('frames-panel').style.display = s.frames.length ? '' : 'none';
+    $('tokens-panel').style.display = s.tokens.length ? '' : 'none';
     $('true-text').textContent = s.tokens.length ? s.tokens[0].true : '';
     $('pred-text').textContent = s.tokens.length && s.tokens[0].pred !== null ? s.tokens[0].pred : '';
     $('top').innerHTML = s.tokens.map((tk) => tk.top.map((p) => '<tr><td>' + esc(tk.key) + '[' + p.pos +
@@ -541,6 +543,15 @@ _JS = r"""
 """
 
 
+def _explain(data: Mapping[str, Any]) -> str:
+    if not data.get("horizon"):
+        return ""
+    return (f"<div class='meta'>Open loop: the model observes the first {data.get('context', 0)} step(s) "
+            "(posterior), then imagines the rest from the real actions with the prior only. Free imagination: "
+            "from the same state the actor picks the actions inside the dream (the real frames are shown for "
+            "reference only).</div>")
+
+
 def render_html(data: Mapping[str, Any]) -> str:
     """The self-contained page for `page_data(...)`."""
     payload = json.dumps(data, separators=(",", ":"), allow_nan=False).replace("<", "\\u003c")
@@ -557,9 +568,7 @@ def render_html(data: Mapping[str, Any]) -> str:
 <body>
 <h1>{html.escape(data.get('title', 'lwm report'))}</h1>
 <div class="meta">{meta_html}</div>
-<div class="meta">Open loop: the model observes the first {data.get('context', 0)} step(s) (posterior), then imagines
-the rest from the real actions with the prior only. Free imagination: from the same state, the actor picks the
-actions inside the dream (the real frames are shown for reference only).</div>
+{_explain(data)}
 <div class="controls">
  <select id="episode" aria-label="episode"></select><select id="mode" aria-label="mode"></select>
  <button id="prev" title="previous step (left arrow)">&#9664;</button>
@@ -569,8 +578,8 @@ actions inside the dream (the real frames are shown for reference only).</div>
  <span id="step-label"></span> <span id="phase" class="badge"></span>
 </div>
 <div id="strip"></div>
-<div class="panel"><div id="frames" class="frames"></div></div>
-<div class="panel"><div>true tokens: <span id="true-text" class="words"></span></div>
+<div class="panel" id="frames-panel"><div id="frames" class="frames"></div></div>
+<div class="panel" id="tokens-panel"><div>true tokens: <span id="true-text" class="words"></span></div>
  <div>predicted (argmax): <span id="pred-text" class="words"></span></div>
  <table class="top" id="top"></table></div>
 <div class="panel"><table id="scalars"></table><div>action: <span id="action"></span></div>
@@ -616,3 +625,46 @@ def visualize(agent, params, envs: Sequence, out: str | Path, *, context: int | 
     result["text"] = format_horizon_table(result["horizon"], result["observed"])
     result["paths"] = paths
     return result
+
+
+class TrainingReport:
+    """The periodic report of a training run: `<logdir>/report.html` rewritten in place (atomically) and the
+    open-loop strip of its first episode as a TensorBoard image (`openloop/strip`, true | predicted | error)."""
+
+    def __init__(self, agent, make_env: Callable[[int], Any], logdir: str | Path, events: Any = None,
+                 episodes: int = 2, seed: int = 0, max_steps: int = 200):
+        self.agent = agent
+        self.make_env = make_env
+        self.path = Path(logdir) / "report.html"
+        self.events = events
+        self.episodes = episodes
+        self.seed = seed
+        self.max_steps = max_steps
+        self.imagination = Imagination(agent)
+        self.count = 0
+
+    def write(self, params, step: int) -> dict:
+        """Collects fresh episodes with `params`, writes the page and the TensorBoard image; returns the result."""
+        worlds = [self.make_env(30_000 + i) for i in range(self.episodes)]
+        try:
+            vocab = getattr(worlds[0], "vocab", None)
+            episodes = collect_episodes(self.agent, params, worlds, seed=self.seed + self.count,
+                                        max_steps=self.max_steps)
+        finally:
+            for world in worlds:
+                close = getattr(world, "close", None)
+                if close is not None:
+                    close()
+        result = self.imagination.run(params, episodes, seed=self.seed + self.count)
+        self.count += 1
+        data = page_data(result, vocab, title=f"{self.path.parent.name}: imagination at step {step}",
+                         meta={"env steps": step, "episodes": len(episodes), "context": result["context"]})
+        tmp = self.path.with_name(".report.html.tmp")
+        write_html(data, tmp)
+        tmp.replace(self.path)
+        if self.events is not None:
+            frames = strip_frames(result, 0, "open")
+            if frames:
+                strip = np.concatenate(frames, 0)
+                self.events.images(step, {"openloop/strip": (encode_png(strip), strip.shape[0], strip.shape[1])})
+        return result

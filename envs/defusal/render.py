@@ -22,7 +22,7 @@ AGENT_COLOURS = ("#d9480f", "#2f9e44", "#5f3dc4")
 CUTTER_COLOURS = ("#e03131", "#2b8a3e", "#1971c2")  # red, green, blue
 STATUS = {core.ACTIVE: ("active", "#212529"), core.DEFUSED: ("defused", "#2b8a3e"), core.EXPLODED: ("exploded",
                                                                                                     "#e03131")}
-WIDTH, HEIGHT = 560, 400
+WIDTH, HEIGHT = 680, 400
 
 
 def _positions(num_rooms: int) -> list[tuple[float, float]]:
