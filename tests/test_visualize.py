@@ -359,6 +359,7 @@ def test_symbolic_grid_world_renders_grids(tmp_path):
     import envs
     from lwm import config
     from lwm.agent import Agent
+    from lwm.imagination import Imagination
     from lwm.visualize import visualize
 
     cfg = config.load(["debug"], {"env.name": "grid_task_s"})
@@ -366,8 +367,13 @@ def test_symbolic_grid_world_renders_grids(tmp_path):
     agent = Agent(worlds[0].observation_spec(), worlds[0].action_spec(), cfg)
     ts = agent.init(0)
     out = tmp_path / "grid.html"
-    result = visualize(agent, ts["params"], worlds, out, vocab=worlds[0].vocab,
+    imagination = Imagination(agent)
+    result = visualize(agent, ts["params"], worlds, out, vocab=worlds[0].vocab, imagination=imagination,
                        renderers=launcher.grid_renderers(worlds[0].observation_spec()), gif=tmp_path / "g.gif")
+    again = imagination.run(ts["params"], [dict(ep) for ep in result["episodes"]], context=result["context"])
+    assert imagination.traces == 1  # one compile per (episodes, padded length, context)
+    np.testing.assert_array_equal(again["episodes"][0]["open"]["pred"]["grid"],
+                                  result["episodes"][0]["open"]["pred"]["grid"])
     ep = result["episodes"][0]
     assert ep["open"]["pred"]["grid"].shape == ep["obs"]["grid"].shape  # argmax codes per cell and channel
     assert "grid_acc" in result["horizon"] and "direction_acc" in result["horizon"]
