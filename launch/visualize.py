@@ -23,8 +23,6 @@ error by horizon, which is also printed.
 
 from __future__ import annotations
 
-import json
-import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -232,8 +230,6 @@ def main(argv: Sequence[str] | None = None) -> dict:
     print(f"Report: {out}" + "".join(f" | {k}: {v}" for k, v in result["paths"].items() if k != "html"))
     summary = {"html": str(out), "checkpoint": str(used), "context": result["context"],
                "horizon": result["horizon"], "observed": result["observed"], "paths": result["paths"]}
-    if os.environ.get("LWM_VISUALIZE_JSON"):
-        print(json.dumps(summary))
     summary["result"] = result
     return summary
 
