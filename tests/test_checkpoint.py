@@ -19,7 +19,7 @@ from lwm import checkpoint as ck
 from lwm import config
 from lwm.agent import Agent
 from lwm.driver import Driver
-from lwm.logger import Logger, decode_event, log_positions, read_records, rewind
+from lwm.logger import Logger, crc32c, decode_event, log_positions, read_records, rewind
 from lwm.loop import NonFiniteLoss, _policy_fn, train_loop
 from lwm.replay import Replay
 
@@ -251,6 +251,7 @@ def test_nonfinite_loss_skip_mode_counts_and_keeps_params_finite(setup, tmp_path
 
 
 def test_tensorboard_events_round_trip_and_rewind(tmp_path):
+    assert crc32c(b"123456789") == 0xE3069283  # the CRC-32C check value
     logger = Logger(tmp_path)
     logger.write({"step": 10, "loss/total": 1.5, "flag": True, "text": "x", "nan": float("nan")})
     at = logger.positions()
