@@ -261,6 +261,21 @@ def local_view(tree: Any) -> Any:
     return jax.tree.map(view, tree)
 
 
+def process_seed(seed: int) -> int:
+    """A seed for this process's own randomness (environments, replay sampling, acting).
+
+    Process 0 keeps `seed` (a one-process run is unchanged); the others get distinct seeds, so hosts do not
+    collect the same experience. The train state is seeded with `seed` itself: it is replicated and must be
+    identical on every process.
+    """
+    return seed + 1_000_003 * jax.process_index()
+
+
+def env_offset(num_envs: int) -> int:
+    """Global index of this process's first environment (pass `env_offset(n) + i` to `make_env`)."""
+    return jax.process_index() * num_envs
+
+
 def describe(mesh: Mesh | None) -> str:
     """One line for the console: devices, processes, and how the batch is split."""
     if mesh is None:

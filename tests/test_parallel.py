@@ -4,6 +4,9 @@ JAX fixes its device count when it starts, and conftest has started it with one 
 need four devices therefore run this file as a script in a subprocess with
 `XLA_FLAGS=--xla_force_host_platform_device_count=4` (one subprocess for the module: two compilations of the
 debug agent, one per device setting), which prints one JSON line that the tests below read.
+
+`test_two_processes_match_one_device` (opt-in: `LWM_TEST_MULTIPROCESS=1`) runs a real multi-process job on one
+machine: two processes with two CPU devices each, joined by `jax.distributed.initialize`, one mesh over all four.
 """
 
 from __future__ import annotations
@@ -129,6 +132,46 @@ def _worker() -> dict:
         }
     out["runs"] = runs
     return out
+
+
+def _process_worker(process_id: int, port: int) -> dict:
+    """One of two processes with 2 fake CPU devices each: a 4-device mesh spanning both processes.
+
+    Process p feeds rows 2p and 2p + 1 of the same global batches as the one-device run of `_worker`.
+    """
+    from lwm.runtime import setup_jax
+
+    setup_jax("cpu", os.environ.get("LWM_JAX_CACHE", ""))
+    import jax
+
+    from lwm import config, parallel
+    from lwm.agent import Agent
+
+    base = config.load(["debug"], {"agent.opt.warmup": 0, "agent.opt.lr": 1e-3})
+    cfg = base.update({"batch_size": 2, "jax.distributed.coordinator": f"localhost:{port}",
+                       "jax.distributed.num_processes": 2, "jax.distributed.process_id": process_id})
+    assert parallel.initialize(cfg)
+    mesh = parallel.mesh_from_config(cfg)
+    agent = Agent(*_spec(), cfg, mesh=mesh)
+    ts = agent.init(0)
+    batches = [jax.tree.map(lambda x: x[2 * process_id: 2 * process_id + 2], _batch(base, s)) for s in range(UPDATES)]
+    # Compile first, then wait for the other process: XLA:CPU's gloo collectives give a peer only 30 s to arrive
+    # at the first collective, less than the difference between two compilations on a busy 2-core machine.
+    train = agent.train.lower(ts, agent.shard_batch(batches[0])).compile()
+    from jax._src import distributed
+
+    distributed.global_state.client.wait_at_barrier("lwm_test_compiled", 900_000)
+    losses = []
+    for rows in batches:
+        ts, metrics, post = train(ts, agent.shard_batch(rows))
+        losses.append(float(parallel.to_host(metrics)["loss/total"]))
+    post = parallel.to_host(post)["deter"]
+    carry, actions, _ = agent.policy(ts["params"], agent.init_policy(2), {k: v[:, 0] for k, v in rows["obs"].items()},
+                                     rows["is_first"][:, 0], jax.random.key(1))
+    return {"process": jax.process_index(), "processes": jax.process_count(), "devices": jax.device_count(),
+            "mesh": dict(mesh.shape), "losses": losses, "post_shape": list(post.shape),
+            "params": [np.asarray(x).ravel().tolist() for x in jax.tree.leaves(parallel.to_host(ts["params"]))],
+            "traces": agent.traces["train"], "seed": parallel.process_seed(0), "env_offset": parallel.env_offset(4)}
 
 
 @pytest.fixture(scope="module")
@@ -281,6 +324,41 @@ def test_initialize_settings(monkeypatch):
         parallel.initialize(explicit, environ={})
 
 
+@pytest.mark.slow
+@pytest.mark.skipif(os.environ.get("LWM_TEST_MULTIPROCESS") != "1",
+                    reason="two processes compile the train step at once (minutes on 2 cores); "
+                           "set LWM_TEST_MULTIPROCESS=1 to run")
+def test_two_processes_match_one_device(four, tmp_path):
+    """Multi-host on one machine: 2 processes x 2 CPU devices, joined by jax.distributed (gloo collectives)."""
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("localhost", 0))
+        port = sock.getsockname()[1]
+    env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=2", "JAX_PLATFORMS": "cpu",
+           "LWM_JAX_CACHE": os.environ.get("LWM_JAX_CACHE", str(ROOT / ".jax_cache"))}
+    # Output to files, not pipes: a process blocked on a full pipe would stall the other at JAX's shutdown barrier.
+    logs = [(tmp_path / f"p{p}.out", tmp_path / f"p{p}.err") for p in range(2)]
+    procs = [subprocess.Popen([sys.executable, __file__, "process", str(p), str(port)], cwd=ROOT, env=env,
+                              stdout=out.open("w"), stderr=err.open("w")) for p, (out, err) in enumerate(logs)]
+    for proc, (out, err) in zip(procs, logs, strict=True):
+        proc.wait(timeout=1200)
+        assert proc.returncode == 0, out.read_text()[-2000:] + err.read_text()[-3000:]
+    results = [json.loads(out.read_text().strip().splitlines()[-1]) for out, _ in logs]
+    single = four["runs"]["single"]
+    for p, res in enumerate(results):
+        assert (res["process"], res["processes"], res["devices"], res["mesh"]) == (p, 2, 4, {"data": 4})
+        np.testing.assert_allclose(res["losses"], [x["loss/total"] for x in single["losses"]], rtol=1e-4)
+        for a, b in zip(single["params"], res["params"], strict=True):
+            np.testing.assert_allclose(b, a, rtol=1e-3, atol=1e-4)
+        assert res["post_shape"] == [2, 16, 64]  # this process's own rows
+        assert res["traces"] == 1
+    assert [r["seed"] for r in results] == [0, 1_000_003] and [r["env_offset"] for r in results] == [0, 4]
+
+
 if __name__ == "__main__":
     sys.path.insert(0, str(ROOT))
-    print(json.dumps(_worker()))
+    if sys.argv[1:2] == ["process"]:
+        print(json.dumps(_process_worker(int(sys.argv[2]), int(sys.argv[3]))))
+    else:
+        print(json.dumps(_worker()))
