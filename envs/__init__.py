@@ -4,10 +4,19 @@ Use ``envs.make(name, **options)``; ``envs.names()`` lists the registered worlds
 """
 
 from envs import token_world as _token_world
-from envs.registry import describe, make, names, register, register_missing
+from envs.registry import (
+    describe,
+    has_batched,
+    make,
+    make_batched,
+    names,
+    register,
+    register_batched,
+    register_missing,
+)
 from envs.text import Vocabulary
 
-__all__ = ["Vocabulary", "describe", "make", "names", "register"]
+__all__ = ["Vocabulary", "describe", "has_batched", "make", "make_batched", "names", "register", "register_batched"]
 
 register(
     _token_world.NAME,
@@ -30,6 +39,8 @@ register(
     defaults=_defusal_env.SMALL_DEFAULTS,
     description=_defusal_env.SMALL_DESCRIPTION,
 )
+register_batched(_defusal_env.NAME, _defusal_env.make_defusal_batched)
+register_batched("defusal_small", _defusal_env.make_defusal_batched)
 
 from envs import gym_adapter as _gym_adapter  # noqa: E402
 

@@ -29,6 +29,7 @@ class _Entry:
 
 
 _WORLDS: dict[str, _Entry] = {}
+_BATCHED: dict[str, Callable[..., Any]] = {}  # worlds that can also be stepped as one batch of many worlds
 _MISSING: dict[str, str] = {}  # optional worlds whose package is not installed -> how to install it
 
 
@@ -147,3 +148,37 @@ def make(name: str, **overrides: Any) -> dm_env.Environment:
     if mask_tokens:
         env = MaskTokens(env)
     return env
+
+
+def register_batched(name: str, factory: Callable[..., Any]) -> None:
+    """Declares a batched form of the registered world ``name``: ``factory(num_worlds=W, **options)`` returns an
+    object stepping W worlds at once (the interface of ``envs.defusal.env.BatchedDefusal``); it takes the same
+    options as the world, ``mask_tokens`` included."""
+    _entry(name)
+    if not callable(factory):
+        raise TypeError(f"batched factory for world {name!r} is not callable: {factory!r}")
+    _BATCHED[name] = factory
+
+
+def has_batched(name: str) -> bool:
+    """Whether world ``name`` has a batched form (``make_batched``)."""
+    return name in _BATCHED
+
+
+def make_batched(name: str, num_worlds: int, **overrides: Any) -> Any:
+    """Builds ``num_worlds`` worlds of ``name`` stepped as one batch; options are checked as in :func:`make`."""
+    entry = _entry(name)
+    if name not in _BATCHED:
+        with_one = ", ".join(sorted(_BATCHED)) or "(none)"
+        raise ValueError(f"world {name!r} has no batched form; worlds with one: {with_one}")
+    allowed = {**entry.defaults, **REGISTRY_DEFAULTS}
+    options: dict[str, Any] = {}
+    for key, value in overrides.items():
+        if key not in allowed:
+            valid = sorted(allowed)
+            raise ValueError(
+                f"unknown option {key!r} for world {name!r}{_closest(key, valid)}; "
+                f"valid options: {', '.join(valid)}"
+            )
+        options[key] = _coerce(name, key, value, allowed[key])
+    return _BATCHED[name](num_worlds=num_worlds, **{**entry.defaults, **options})

@@ -36,6 +36,9 @@ def env_factory(config):
 
     def make_env(index: int):
         extra = {"seed": base_seed * 100_003 + index} if takes_seed else {}
+        if envs.has_batched(name):  # team worlds: one batch of env.num_envs worlds (see lwm.team)
+            return envs.make_batched(name, config.env.num_envs, mask_tokens=config.env.mask_tokens, **options,
+                                     **extra)
         return envs.make(name, mask_tokens=config.env.mask_tokens, **options, **extra)
 
     make_env(0).close()  # fail fast on bad options, before any compilation

@@ -40,6 +40,34 @@ def action_heads(act_spec) -> tuple[ActionHead, ...]:
     return tuple(heads)
 
 
+def parse_mask(spec: str, obs_spec: Mapping, heads: tuple[ActionHead, ...]) -> tuple[str, str] | None:
+    """`agent.actor.mask` = 'OBS_KEY:HEAD' (e.g. 'action_mask:move'): the bool observation [num] that marks the
+    head's legal actions when acting. '' = no mask. Raises ValueError naming what is wrong."""
+    if not spec:
+        return None
+    key, _, head = spec.partition(":")
+    names = [h.name for h in heads]
+    if not head and len(heads) == 1:
+        head = heads[0].name
+    if head not in names:
+        raise ValueError(f"agent.actor.mask={spec!r}: head {head!r} is not an action head; heads: {names} "
+                         "(write OBS_KEY:HEAD).")
+    num = next(h.num for h in heads if h.name == head)
+    if key not in obs_spec:
+        raise ValueError(f"agent.actor.mask={spec!r}: observation {key!r} does not exist; keys: {sorted(obs_spec)}.")
+    s = obs_spec[key]
+    if tuple(s.shape) != (num,) or np.dtype(s.dtype) != np.bool_:
+        raise ValueError(f"agent.actor.mask={spec!r}: observation {key!r} is {s}; it must be bool [{num}] "
+                         f"(one flag per action of head {head!r}).")
+    return key, head
+
+
+def mask_logits(logits: jax.Array, mask: jax.Array) -> jax.Array:
+    """Illegal actions (mask False) get a probability of ~0; rows with no legal action are left unmasked."""
+    mask = mask.astype(bool) | ~jnp.any(mask, -1, keepdims=True)
+    return jnp.where(mask, logits, -1e9)
+
+
 class Actor(nnx.Module):
     """Independent categorical heads (1% unimix) on a shared MLP; output layers initialised small."""
 

@@ -76,6 +76,7 @@ class Agent:
         self.obs_spec = dict(obs_spec)
         self.heads = ac.action_heads(act_spec)
         self.act_spec = act_spec
+        self.mask = ac.parse_mask(cfg.actor.mask, self.obs_spec, self.heads)  # (obs key, head) or None
         self.tx = make_optimizer(cfg.opt)
         if config.replay.priority_signal not in ("model", "heads"):
             raise ValueError(f"replay.priority_signal={config.replay.priority_signal!r} is not known; "
@@ -150,6 +151,9 @@ class Agent:
         embed = nets.wm.encoder({k.name: obs[k.name] for k in self.keys})
         state, _ = nets.wm.rssm.obs_step(carry["state"], carry["action"], embed, is_first, k1)
         logits = nets.actor(nets.wm.rssm.feat(state))
+        if self.mask is not None:  # acting only: imagination has no mask (the world model learns illegal no-ops)
+            key_name, head = self.mask
+            logits = {**logits, head: ac.mask_logits(logits[head], obs[key_name])}
         idx = ac.sample_actions(self.heads, logits, k2, greedy)
         carry = {"state": state, "action": ac.onehot_actions(self.heads, idx)}
         actions = {h.name: idx[h.name] + h.low for h in self.heads}

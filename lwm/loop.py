@@ -28,6 +28,7 @@ from lwm.agent import Agent, describe_size
 from lwm.driver import Driver
 from lwm.logger import Logger, log_positions, mean_metrics, rewind
 from lwm.replay import Replay
+from lwm.team import TeamDriver, evaluate_team, is_team_env, team_specs
 
 NONFINITE = ("stop", "skip")
 
@@ -78,8 +79,14 @@ def _policy_fn(agent: Agent, num: int, seed: int, greedy: bool, get_params: Call
 
 def evaluate(agent: Agent, params, make_env: Callable[[int], dm_env.Environment], episodes: int, num_envs: int,
              seed: int, greedy: bool = True) -> dict[str, float]:
-    """Runs `episodes` episodes (in batches of `num_envs` worlds) and returns return statistics."""
-    envs = [make_env(10_000 + i) for i in range(num_envs)]
+    """Runs `episodes` episodes (in batches of `num_envs` worlds) and returns return statistics.
+
+    A team environment (`lwm.team`) is one batch of worlds: its agents sample their actions (`greedy` is not used:
+    agents of one team with identical parameters act better stochastically) and the env's metrics are added."""
+    first = make_env(10_000)
+    if is_team_env(first):
+        return evaluate_team(agent, params, first, episodes, seed + 7, greedy=False, policy_fn=_policy_fn)
+    envs = [first] + [make_env(10_000 + i) for i in range(1, num_envs)]
     driver = Driver(envs, [k.name for k in agent.keys], name="eval")
     act = _policy_fn(agent, num_envs, seed + 7, greedy, lambda: params)
     done: list[dict] = []
@@ -133,17 +140,27 @@ def train_loop(config, logdir: str | Path, make_env: Callable[[int], dm_env.Envi
     rank = jax.process_index()
     seed = config.seed + 1_000_003 * rank  # this process's experience; the train state is seeded with config.seed
     log_dir = logdir if rank == 0 else logdir / f"process_{rank}"
-    envs = [make_env(rank * num_envs + i) for i in range(num_envs)]
-    obs_spec, act_spec = envs[0].observation_spec(), envs[0].action_spec()
+    # A team environment (several agents per world, many worlds per batch; `lwm.team`) is made once and holds
+    # env.num_envs worlds; its W·A agents are the streams of policy and replay.
+    envs = [make_env(rank * num_envs)]
+    team = is_team_env(envs[0])
+    if team:
+        obs_spec, act_spec = team_specs(envs[0])
+        num_streams = envs[0].num_worlds * envs[0].num_agents
+    else:
+        envs += [make_env(rank * num_envs + i) for i in range(1, num_envs)]
+        obs_spec, act_spec = envs[0].observation_spec(), envs[0].action_spec()
+        num_streams = num_envs
     mesh = parallel.mesh_from_config(config)
     agent = Agent(obs_spec, act_spec, config, mesh=mesh)
     ts = agent.init(config.seed)
     B, T = config.batch_size, config.batch_length
     replay_kwargs = {"seed": seed, "priority_frac": config.replay.priority_frac,
                      "priority_exponent": config.replay.priority_exponent, "event_frac": config.replay.event_frac}
-    replay = Replay(config.replay.capacity, num_envs, T, **replay_kwargs)
-    driver = Driver(envs, [k.name for k in agent.keys], name=config.env.name)
-    act = _policy_fn(agent, num_envs, seed, False, lambda: ts["params"])
+    replay = Replay(config.replay.capacity, num_streams, T, **replay_kwargs)
+    keys = [k.name for k in agent.keys]
+    driver = TeamDriver(envs[0], keys, name=config.env.name) if team else Driver(envs, keys, name=config.env.name)
+    act = _policy_fn(agent, num_streams, seed, False, lambda: ts["params"])
     counters = {"env_steps": 0, "updates": 0, "credit": 0.0, "episodes": 0, "skipped": 0}
 
     # ------------------------------------------------------------------------------- resume or start fresh
@@ -162,6 +179,8 @@ def train_loop(config, logdir: str | Path, make_env: Callable[[int], dm_env.Envi
         replay = resumed.replay
         counters.update({k: type(v)(resumed.meta[k]) for k, v in counters.items() if k in resumed.meta})
         driver.steps = counters["env_steps"]
+        if team:
+            driver.rounds = driver.steps // driver.A
         dropped = rewind(log_dir, resumed.meta.get("logs", {}) if rank == 0 else {})
         print(f"lwm: resumed from {resumed.path} (step {driver.steps}, {counters['updates']} updates, replay "
               f"{len(replay)} steps, {counters['episodes']} episodes"
@@ -182,12 +201,14 @@ def train_loop(config, logdir: str | Path, make_env: Callable[[int], dm_env.Envi
 
     logger = Logger(log_dir, console_every=config.run.log_every)
     print(f"lwm: {config.env.name} | agent {describe_size(agent.param_count())} params | "
-          f"{num_envs} envs | batch {B}x{T} | train_ratio {config.run.train_ratio} | {parallel.describe(mesh)} | "
+          + (f"team: {num_envs} worlds x {driver.A} agents = {num_streams} streams" if team else f"{num_envs} envs")
+          + f" | batch {B}x{T} | train_ratio {config.run.train_ratio} | {parallel.describe(mesh)} | "
           f"logdir {logdir}", flush=True)
 
     per_step = config.run.train_ratio / (B * T)
     history: list[dict] = []
     returns: list[float] = []
+    episode_extras: list[dict] = []  # env metrics of finished episodes (team worlds: score, rounds, ...)
     last_return: float | None = None
     first_update_s = None
     skipped_log = 0
@@ -199,6 +220,7 @@ def train_loop(config, logdir: str | Path, make_env: Callable[[int], dm_env.Envi
 
     def log(force: bool = False):
         nonlocal t_log, steps_log, updates_log, history, returns, skipped_log, last_losses, t_summary, last_return
+        nonlocal episode_extras
         now = time.time()
         if not force and now - t_log < config.run.log_every:
             return
@@ -212,6 +234,10 @@ def train_loop(config, logdir: str | Path, make_env: Callable[[int], dm_env.Envi
             last_return = float(np.mean(returns))
             row["episode/return"] = last_return
             row["episode/count"] = len(returns)
+        for name in sorted({k for e in episode_extras for k in e}):
+            row[f"episode/{name}"] = float(np.mean([e[name] for e in episode_extras if name in e]))
+        if team:
+            row["env_rounds"] = driver.rounds
         logger.write(row)
         if history:
             keys = ("loss/total", "loss/dyn", "loss/reward", "imag/return", "imag/entropy", "opt/grad_norm")
@@ -225,6 +251,7 @@ def train_loop(config, logdir: str | Path, make_env: Callable[[int], dm_env.Envi
                        f"{row['fps/updates_per_s']:.1f} updates/s | {rate:.0f} env steps/s | return {ret} | "
                        f"ETA {eta}", force=True)
         t_log, steps_log, updates_log, history, returns, skipped_log = now, driver.steps, updates, [], [], 0
+        episode_extras = []
         if config.run.summary_every > 0 and (now - t_summary >= config.run.summary_every or force):
             t_summary = now
             parts = [f"{k} {v:.4g}" for k, v in last_losses.items()]
@@ -265,7 +292,7 @@ def train_loop(config, logdir: str | Path, make_env: Callable[[int], dm_env.Envi
 
     def report(params, step: int) -> None:
         """The imagination report (`run.report_every`): <logdir>/report.html and a TensorBoard image."""
-        if jax.process_index() != 0:
+        if jax.process_index() != 0 or team:  # the report replays single-agent episodes; not for team worlds
             return
         if not reporter:
             from lwm.visualize import TrainingReport
@@ -277,11 +304,14 @@ def train_loop(config, logdir: str | Path, make_env: Callable[[int], dm_env.Envi
         with Interrupt() as stop:
             while driver.steps < config.run.steps and not stop.signal:
                 driver.step(act, on_step=replay.add)
-                finished = [e["return"] for e in driver.pop_episodes()]
+                episodes = driver.pop_episodes()
+                finished = [e["return"] for e in episodes]
                 returns += finished
+                episode_extras += [{k: v for k, v in e.items() if k not in ("return", "length")} for e in episodes
+                                   if len(e) > 2]
                 counters["episodes"] += len(finished)
                 if driver.steps >= config.run.train_fill and replay.ready():
-                    counters["credit"] += num_envs * per_step
+                    counters["credit"] += num_streams * per_step
                     while counters["credit"] >= 1.0 and not stop.signal:
                         batch, index = replay.sample(B, classes)
                         ts, metrics, post = agent.train(ts, agent.shard_batch(batch))
@@ -322,6 +352,8 @@ def train_loop(config, logdir: str | Path, make_env: Callable[[int], dm_env.Envi
             "first_update_s": None if first_update_s is None else round(first_update_s, 2),
             "skipped_updates": counters["skipped"],
         }
+        if team:
+            summary.update({"env_rounds": driver.rounds, "worlds": driver.W, "agents": driver.A})
         if resumed is not None:
             summary["resumed_from"] = str(resumed.path)
         if ckpt is not None and last_save["step"] is not None:

@@ -15,6 +15,7 @@ from typing import Any
 
 import dm_env
 import jax
+import jax.numpy as jnp
 import numpy as np
 from dm_env import specs
 
@@ -176,3 +177,178 @@ class DefusalEnv(dm_env.Environment):
 def make_defusal(**options: Any) -> DefusalEnv:
     """Registry factory for ``defusal`` / ``defusal_small``."""
     return DefusalEnv(**options)
+
+
+# ---------------------------------------------------------------------------------------------
+# Batched worlds for team training
+# ---------------------------------------------------------------------------------------------
+
+
+def _batched_step(
+    key: jax.Array, state: core.State, move: jax.Array, talk: jax.Array, params: core.Params
+) -> tuple[dict[str, jax.Array], core.State, dict[str, jax.Array]]:
+    """One round of W worlds (vmapped); a world whose previous round ended starts a new episode instead."""
+
+    def one(k: jax.Array, s: core.State, a: jax.Array, m: jax.Array) -> tuple[dict, core.State, dict]:
+        k_step, k_reset = jax.random.split(k)
+        stepped, reward, _ = core.step_state(k_step, s, a, m, params)
+        _, fresh = core.reset(k_reset, params)
+        first = s.done
+        new = jax.tree.map(lambda x0, x1: jnp.where(first, x0, x1), fresh, stepped)
+        out = {
+            "reward": jnp.where(first, 0.0, reward),
+            "is_first": first,
+            "is_last": ~first & new.done,
+            "is_terminal": ~first & new.terminated,
+            **_world_metrics(new),
+        }
+        return core.observe(new, params), new, out
+
+    return jax.vmap(one)(jax.random.split(key, move.shape[0]), state, move, talk)
+
+
+def _batched_reset(key: jax.Array, num_worlds: int, params: core.Params) -> tuple[dict, core.State, dict]:
+    obs, state = jax.vmap(lambda k: core.reset(k, params))(jax.random.split(key, num_worlds))
+    false = jnp.zeros((num_worlds,), bool)
+    out = {"reward": jnp.zeros((num_worlds,), jnp.float32), "is_first": ~false, "is_last": false,
+           "is_terminal": false, **jax.vmap(_world_metrics)(state)}
+    return obs, state, out
+
+
+def _world_metrics(s: core.State) -> dict[str, jax.Array]:
+    """Episode metrics of one world so far (final once ``is_last``)."""
+    return {
+        "score": s.score.astype(jnp.float32),
+        "rounds": s.completed_round.astype(jnp.float32),
+        "valid_pct": 100.0 * s.valid_count.sum() / jnp.maximum(s.action_count.sum(), 1),
+        "explosions": s.explosions.astype(jnp.float32),
+        "messages_sent": s.messages_sent.astype(jnp.float32),
+    }
+
+
+_batched_step_jit = jax.jit(_batched_step, static_argnames="params")
+_batched_reset_jit = jax.jit(_batched_reset, static_argnames=("num_worlds", "params"))
+METRICS = ("score", "rounds", "valid_pct", "explosions", "messages_sent")
+
+
+class BatchedDefusal:
+    """``num_worlds`` defusal worlds stepped together on the device (one jitted ``vmap`` per round).
+
+    The batched multi-agent interface that ``lwm.team.TeamDriver`` reads (duck typing; ``envs`` never imports the
+    agent):
+
+    * ``num_worlds`` W, ``num_agents`` A (3); ``observation_spec()`` / ``action_spec()`` describe *one agent*:
+      ``vector`` float32 [D], ``action_mask`` bool [9], ``tokens`` int32 [token_len]; actions
+      ``{"move": int in 0..8, "talk": int in 0..len(MESSAGE_WORDS)}`` (``talk`` has shape [message_len] when
+      ``message_len > 1``, a scalar when 1). ``talk`` is ignored when ``silence=True``.
+    * ``reset()`` and ``step(actions)`` return a dict: ``obs`` {key: numpy [W, A, ...]}, ``reward`` [W] (the team
+      reward), ``is_first`` / ``is_last`` / ``is_terminal`` [W], and ``metrics`` {score, rounds, valid_pct,
+      explosions, messages_sent} [W] (the episode's values so far; final where ``is_last``).
+    * ``step`` takes ``move`` [W, A] and ``talk`` [W, A] (or [W, A, message_len]). A world whose last round
+      ended (``is_last``) starts a new episode in the next ``step`` and ignores its actions there, as a dm_env
+      driver resets a finished environment. Termination (no bomb left) and truncation (``max_rounds``) follow
+      :class:`DefusalEnv`.
+    * ``mask_tokens=True`` replaces every token with padding (the registry's no-language ablation).
+    """
+
+    def __init__(self, num_worlds: int = 1, seed: int = 0, mask_tokens: bool = False, **switches: Any) -> None:
+        if isinstance(num_worlds, bool) or not isinstance(num_worlds, int | np.integer) or num_worlds < 1:
+            raise _fail("num_worlds", num_worlds, "an int >= 1")
+        single = DefusalEnv(seed=seed, **switches)  # validates seed and switches
+        self.params, self.vocab = single.params, single.vocab
+        self.num_worlds, self.num_agents = int(num_worlds), self.params.num_agents
+        self.mask_tokens = bool(mask_tokens)
+        obs_spec, act_spec = single.observation_spec(), single.action_spec()
+        self._obs_spec = {k: _drop_agent_axis(s) for k, s in obs_spec.items()}
+        talk = act_spec["talk"]
+        self._action_spec = {
+            "move": specs.BoundedArray((), np.int32, 0, core.NUM_ACTIONS - 1, name="move"),
+            "talk": specs.BoundedArray(() if self.params.message_len == 1 else talk.shape[1:], np.int32, 0,
+                                       core.NUM_MESSAGE_IDS - 1, name="talk"),
+        }
+        self._key = jax.random.key(int(seed))
+        self._counter = 0
+        self._state: core.State | None = None
+
+    def observation_spec(self) -> dict[str, specs.Array]:
+        """Per-agent observation spec (no world or agent axis)."""
+        return dict(self._obs_spec)
+
+    def action_spec(self) -> dict[str, specs.BoundedArray]:
+        """Per-agent action spec (no world or agent axis)."""
+        return dict(self._action_spec)
+
+    def _next_key(self) -> jax.Array:
+        self._counter += 1
+        return jax.random.fold_in(self._key, self._counter)
+
+    def _out(self, obs: dict, out: dict) -> dict[str, Any]:
+        obs = {k: np.asarray(v) for k, v in obs.items()}
+        if self.mask_tokens:
+            obs["tokens"] = np.zeros_like(obs["tokens"])
+        out = {k: np.asarray(v) for k, v in out.items()}
+        return {"obs": obs, **{k: out[k] for k in ("reward", "is_first", "is_last", "is_terminal")},
+                "metrics": {k: out[k] for k in METRICS}}
+
+    def reset(self) -> dict[str, Any]:
+        """Starts a new episode in every world."""
+        obs, self._state, out = _batched_reset_jit(self._next_key(), self.num_worlds, params=self.params)
+        return self._out(obs, out)
+
+    def step(self, actions: Any) -> dict[str, Any]:
+        """One round in every world (resets worlds that have not started or whose episode ended)."""
+        move, talk = self._validate(actions)
+        if self._state is None:
+            return self.reset()
+        obs, self._state, out = _batched_step_jit(self._next_key(), self._state, move, talk, params=self.params)
+        return self._out(obs, out)
+
+    def _validate(self, actions: Any) -> tuple[np.ndarray, np.ndarray]:
+        w, a, m = self.num_worlds, self.num_agents, self.params.message_len
+        if not isinstance(actions, dict) or "move" not in actions or set(actions) - {"move", "talk"}:
+            got = sorted(actions) if isinstance(actions, dict) else type(actions).__name__
+            raise ValueError(f"{NAME}: batched actions must be a dict with 'move' [W, A] and optional 'talk'; "
+                             f"got {got}")
+
+        def check(name: str, value: Any, shapes: tuple[tuple[int, ...], ...], high: int) -> np.ndarray:
+            arr = np.asarray(value)
+            if arr.dtype == np.bool_ or arr.dtype.kind not in "iu":
+                raise ValueError(f"{NAME}: action {name!r} has dtype {arr.dtype}, expected integers")
+            if arr.shape not in shapes:
+                raise ValueError(f"{NAME}: action {name!r} has shape {arr.shape}, expected "
+                                 f"{' or '.join(map(str, shapes))} (worlds, agents[, message_len])")
+            bad = (arr < 0) | (arr > high)
+            if np.any(bad):
+                raise ValueError(f"{NAME}: action {name!r} value {arr[bad].tolist()[:8]} outside 0..{high}")
+            return arr.astype(np.int32)
+
+        move = check("move", actions["move"], ((w, a),), core.NUM_ACTIONS - 1)
+        if "talk" not in actions:
+            return move, np.zeros((w, a, m), np.int32)
+        talk_shapes = ((w, a, m), (w, a)) if m == 1 else ((w, a, m),)
+        talk = check("talk", actions["talk"], talk_shapes, core.NUM_MESSAGE_IDS - 1)
+        return move, talk.reshape(w, a, m)
+
+    @property
+    def state(self) -> core.State:
+        """The current batched core state (leading world axis; raises before the first reset)."""
+        if self._state is None:
+            raise RuntimeError(f"{NAME}: no episode has started; call reset() first")
+        return self._state
+
+    def close(self) -> None:
+        """Nothing to release (kept for symmetry with dm_env)."""
+
+    def __repr__(self) -> str:
+        return f"BatchedDefusal(num_worlds={self.num_worlds}, {self.params})"
+
+
+def _drop_agent_axis(spec: specs.Array) -> specs.Array:
+    if isinstance(spec, specs.BoundedArray):
+        return specs.BoundedArray(spec.shape[1:], spec.dtype, spec.minimum, spec.maximum, name=spec.name)
+    return specs.Array(spec.shape[1:], spec.dtype, name=spec.name)
+
+
+def make_defusal_batched(num_worlds: int = 1, **options: Any) -> BatchedDefusal:
+    """Registry factory (``envs.make_batched``) for ``defusal`` / ``defusal_small``."""
+    return BatchedDefusal(num_worlds=num_worlds, **options)

@@ -1,0 +1,174 @@
+"""Several agents per world, many worlds per batch: one shared-parameter agent controls every agent of a team.
+
+A *team environment* (duck-typed; `lwm` never imports `envs`) steps W worlds of A agents at once:
+
+* attributes `num_worlds` (W) and `num_agents` (A); `observation_spec()` / `action_spec()` describe one agent;
+* `reset()` and `step(actions)` return `{"obs": {key: [W, A, ...]}, "reward": [W] (the team reward),
+  "is_first", "is_last", "is_terminal": [W], "metrics": {name: [W]}}` (metrics optional: the episode's values
+  so far, read where `is_last`); `step` takes `{head: [W, A, ...]}`; a world whose episode ended starts a new
+  one in the next `step` and ignores its actions there (as a dm_env driver resets a finished environment).
+
+`TeamDriver` presents it to the agent as N = W·A independent streams, **row n = w·A + a** (world-major): every
+row has its own RSSM carry and replay stream, every stream of world w gets world w's team reward and episode
+flags, and an `agent_id` observation (int in 0..A-1, a one-hot to the world model) tells the shared parameters
+which agent a row is. Teammates' messages reach a row only through its environment observation (in the defusal
+world a `talk` action becomes the teammates' next `tokens`).
+
+Counting: `steps` counts agent-steps (N per round, as replay stores them; `run.steps` and `train_ratio` use it),
+`rounds` counts world-steps (W per round).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
+
+import dm_env
+import numpy as np
+
+from lwm.driver import ObservationError
+
+AGENT_ID = "agent_id"
+
+
+def is_team_env(env: Any) -> bool:
+    """Whether `env` is a batched team environment (has `num_worlds` and `num_agents`)."""
+    return hasattr(env, "num_worlds") and hasattr(env, "num_agents")
+
+
+def team_specs(env: Any) -> tuple[dict[str, dm_env.specs.Array], Any]:
+    """(observation spec of one stream: the env's per-agent spec plus `agent_id`, per-agent action spec)."""
+    obs = dict(env.observation_spec())
+    if AGENT_ID in obs:
+        raise ValueError(f"team environment {env!r} already has an observation {AGENT_ID!r}; lwm adds that key.")
+    obs[AGENT_ID] = dm_env.specs.BoundedArray((), np.int32, 0, max(int(env.num_agents) - 1, 0), name=AGENT_ID)
+    return obs, env.action_spec()
+
+
+def stream_index(world: int, agent: int, num_agents: int) -> int:
+    """Row of (world, agent) in the stream batch."""
+    return world * num_agents + agent
+
+
+def to_streams(x: np.ndarray) -> np.ndarray:
+    """[W, A, ...] -> [W·A, ...] (row w·A + a)."""
+    x = np.asarray(x)
+    return x.reshape((x.shape[0] * x.shape[1],) + x.shape[2:])
+
+
+def from_streams(x: np.ndarray, num_worlds: int, num_agents: int) -> np.ndarray:
+    """[W·A, ...] -> [W, A, ...]; raises if the leading axis is not W·A."""
+    x = np.asarray(x)
+    if x.shape[:1] != (num_worlds * num_agents,):
+        raise ValueError(f"team actions have leading shape {x.shape[:1]}, expected ({num_worlds * num_agents},) "
+                         f"= {num_worlds} worlds x {num_agents} agents.")
+    return x.reshape((num_worlds, num_agents) + x.shape[1:])
+
+
+class TeamDriver:
+    """Steps a team environment with a policy over its N = W·A streams (the `lwm.driver.Driver` interface).
+
+    `policy(obs [N, ...], is_first [N]) -> (actions {head: [N, ...]}, extra)`; `on_step` receives every stream's
+    observation (agent keys and `agent_id`), reward, is_first, is_last, is_terminal, the actions and `extra`.
+    Finished episodes (one per world) carry the team return, the length in rounds and the env's metrics.
+    """
+
+    def __init__(self, env: Any, keys: Sequence[str], name: str = "env"):
+        if not is_team_env(env):
+            raise TypeError(f"TeamDriver needs a team environment (num_worlds, num_agents), got {env!r}.")
+        self.env = env
+        self.keys = list(keys)
+        self.name = name
+        self.W, self.A = int(env.num_worlds), int(env.num_agents)
+        self.num_streams = self.W * self.A
+        self.spec, self.act_spec = team_specs(env)
+        self.agent_id = np.tile(np.arange(self.A, dtype=np.int32), self.W)
+        self.current: dict | None = None
+        self.returns = np.zeros(self.W)
+        self.lengths = np.zeros(self.W, np.int64)
+        self.episodes: list[dict] = []
+        self.steps = 0  # agent-steps
+        self.rounds = 0  # world-steps
+
+    def _check(self, out: Mapping) -> None:
+        obs = out.get("obs")
+        if not isinstance(obs, Mapping):
+            raise ObservationError(f"{self.name}: a team step must hold a dict 'obs', got {type(obs).__name__}.")
+        for key, s in self.spec.items():
+            if key == AGENT_ID or key.startswith("log_"):
+                continue
+            if key not in obs:
+                raise ObservationError(f"{self.name}: observation lacks key {key!r} declared in its spec; "
+                                       f"got {sorted(obs)}.")
+            v = np.asarray(obs[key])
+            want = (self.W, self.A) + tuple(s.shape)
+            if v.shape != want or v.dtype != np.dtype(s.dtype):
+                raise ObservationError(f"{self.name}: observation {key!r} has shape {v.shape} dtype {v.dtype}; "
+                                       f"expected {want} {np.dtype(s.dtype)} (worlds, agents, *spec).")
+        for key in ("reward", "is_first", "is_last", "is_terminal"):
+            if np.shape(out.get(key)) != (self.W,):
+                raise ObservationError(f"{self.name}: team step {key!r} has shape {np.shape(out.get(key))}, "
+                                       f"expected ({self.W},).")
+
+    def _set(self, out: Mapping) -> None:
+        self._check(out)
+        self.current = out
+
+    def observe(self) -> dict:
+        """The current step of every stream (resetting the worlds on the first call)."""
+        if self.current is None:
+            self._set(self.env.reset())
+        out, a = self.current, self.A
+        obs = {k: to_streams(out["obs"][k]) for k in self.keys if k != AGENT_ID}
+        if AGENT_ID in self.keys:
+            obs[AGENT_ID] = self.agent_id
+        rep = lambda x, dtype: np.repeat(np.asarray(x, dtype), a)  # noqa: E731
+        return {"obs": obs, "reward": rep(out["reward"], np.float32), "is_first": rep(out["is_first"], bool),
+                "is_last": rep(out["is_last"], bool), "is_terminal": rep(out["is_terminal"], bool)}
+
+    def step(self, policy: Callable, on_step: Callable[[dict], None] | None = None) -> None:
+        """One round: every agent of every world acts, then all worlds advance."""
+        current = self.observe()
+        actions, extra = policy(current["obs"], current["is_first"])
+        actions = {k: np.asarray(v) for k, v in actions.items()}
+        if on_step is not None:
+            on_step({**current, "action": actions, **extra})
+        out = self.current
+        first, last = np.asarray(out["is_first"]), np.asarray(out["is_last"])
+        reward = np.asarray(out["reward"], np.float64)
+        self.returns = np.where(first, 0.0, self.returns + reward)
+        self.lengths = np.where(first, 0, self.lengths + 1)
+        metrics = out.get("metrics", {})
+        for w in np.flatnonzero(last):
+            self.episodes.append({"return": float(self.returns[w]), "length": int(self.lengths[w]),
+                                  **{k: float(np.asarray(v)[w]) for k, v in metrics.items()}})
+        self._set(self.env.step({k: from_streams(v, self.W, self.A) for k, v in actions.items()}))
+        self.steps += self.num_streams
+        self.rounds += self.W
+
+    def pop_episodes(self) -> list[dict]:
+        out, self.episodes = self.episodes, []
+        return out
+
+
+def evaluate_team(agent: Any, params: Any, env: Any, episodes: int, seed: int, greedy: bool = False,
+                  policy_fn: Callable | None = None) -> dict[str, float]:
+    """Runs `episodes` team episodes (W worlds at a time) and returns the mean return, length (rounds) and the
+    mean and std of every env metric (`<name>_mean`, `<name>_std`)."""
+    from lwm.loop import _policy_fn  # late: the loop imports this module
+
+    driver = TeamDriver(env, [k.name for k in agent.keys], name="eval")
+    act = (policy_fn or _policy_fn)(agent, driver.num_streams, seed, greedy, lambda: params)
+    done: list[dict] = []
+    while len(done) < episodes:
+        driver.step(act)
+        done += driver.pop_episodes()
+    done = done[:episodes]
+    out = {"return_mean": float(np.mean([e["return"] for e in done])),
+           "return_std": float(np.std([e["return"] for e in done])),
+           "length_mean": float(np.mean([e["length"] for e in done])), "episodes": len(done)}
+    for key in done[0]:
+        if key not in ("return", "length"):
+            values = np.array([e[key] for e in done])
+            out[f"{key}_mean"], out[f"{key}_std"] = float(values.mean()), float(values.std())
+    return out

@@ -1,0 +1,229 @@
+"""Team training (issue 5 item 7): W worlds x A agents as streams, messages, batched worlds, a learning check."""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+import envs
+from envs.defusal import core, scripted
+from envs.defusal import env as defusal_env
+from lwm import config as lwm_config
+from lwm.actor_critic import action_heads, mask_logits, parse_mask
+from lwm.agent import Agent
+from lwm.loop import _policy_fn
+from lwm.team import AGENT_ID, TeamDriver, from_streams, stream_index, team_specs, to_streams
+
+SMALL = {"message_len": 1, "token_len": 48}
+
+
+class RecordingTeam:
+    """A numpy team env: observation = world and agent index; records the actions it receives."""
+
+    def __init__(self, num_worlds: int = 3, num_agents: int = 2):
+        self.num_worlds, self.num_agents = num_worlds, num_agents
+        self.received: list[dict] = []
+        self.t = 0
+
+    def observation_spec(self):
+        from dm_env import specs
+
+        return {"vector": specs.Array((2,), np.float32, name="vector")}
+
+    def action_spec(self):
+        from dm_env import specs
+
+        return {"move": specs.BoundedArray((), np.int32, 0, 99, name="move")}
+
+    def _out(self, first: bool) -> dict:
+        w, a = np.meshgrid(np.arange(self.num_worlds), np.arange(self.num_agents), indexing="ij")
+        vec = np.stack([w, a], -1).astype(np.float32)
+        reward = np.arange(self.num_worlds, dtype=np.float32) * (0.0 if first else 1.0)
+        last = np.zeros(self.num_worlds, bool)
+        if not first and self.t % 3 == 0:
+            last[0] = True
+        return {"obs": {"vector": vec}, "reward": reward, "is_first": np.full(self.num_worlds, first),
+                "is_last": last, "is_terminal": last.copy(), "metrics": {"score": reward * 10}}
+
+    def reset(self):
+        return self._out(True)
+
+    def step(self, actions):
+        self.received.append(actions)
+        self.t += 1
+        return self._out(False)
+
+
+def test_stream_mapping_world_agent_rows():
+    env = RecordingTeam(num_worlds=3, num_agents=2)
+    driver = TeamDriver(env, ["vector", AGENT_ID])
+    seen = []
+
+    def policy(obs, is_first):
+        assert obs["vector"].shape == (6, 2) and obs[AGENT_ID].shape == (6,)
+        return {"move": np.arange(6) * 10}, {}
+
+    for _ in range(4):
+        driver.step(policy, on_step=seen.append)
+    for w in range(3):
+        for a in range(2):
+            n = stream_index(w, a, 2)
+            np.testing.assert_array_equal(seen[0]["obs"]["vector"][n], [w, a])
+            assert seen[0]["obs"][AGENT_ID][n] == a
+            assert env.received[0]["move"][w, a] == n * 10  # row n's action reaches world w, agent a
+            assert seen[1]["reward"][n] == w  # every agent of world w gets its team reward
+    assert seen[0]["is_first"].all() and not seen[1]["is_first"].any()
+    assert driver.steps == 4 * 6 and driver.rounds == 4 * 3
+    episodes = driver.pop_episodes()
+    assert episodes and all(e["score"] == 0.0 for e in episodes) and episodes[0]["length"] == 3
+    x = np.arange(24).reshape(3, 2, 4)
+    np.testing.assert_array_equal(from_streams(to_streams(x), 3, 2), x)
+    with pytest.raises(ValueError, match=r"expected \(6,\) = 3 worlds x 2 agents"):
+        from_streams(np.zeros((5,)), 3, 2)
+
+
+def test_batched_defusal_specs_and_stream_shapes():
+    env = envs.make_batched("defusal_small", 4, seed=1, **SMALL)
+    assert env.num_worlds == 4 and env.num_agents == 3
+    obs_spec, act_spec = team_specs(env)
+    assert obs_spec["vector"].shape == (core.vector_size(env.params),) and obs_spec["tokens"].shape == (48,)
+    assert obs_spec[AGENT_ID].maximum == 2 and act_spec["move"].shape == () and act_spec["talk"].shape == ()
+    heads = action_heads(act_spec)
+    assert [(h.name, h.num) for h in heads] == [("move", 9), ("talk", core.NUM_MESSAGE_IDS)]
+    driver = TeamDriver(env, ["vector", "tokens", "action_mask", AGENT_ID])
+    out = driver.observe()
+    assert out["obs"]["tokens"].shape == (12, 48) and out["obs"]["action_mask"].shape == (12, 9)
+    np.testing.assert_array_equal(out["obs"][AGENT_ID], np.tile([0, 1, 2], 4))
+    assert out["is_first"].all() and out["reward"].shape == (12,)
+
+
+def _says(vocab, tokens) -> str:
+    return vocab.decode(np.asarray(tokens))
+
+
+@pytest.mark.parametrize("silence", [False, True])
+def test_talk_becomes_teammates_next_tokens(silence):
+    env = envs.make_batched("defusal_small", 2, seed=2, silence=silence, **SMALL)
+    driver = TeamDriver(env, ["tokens", "action_mask", AGENT_ID])
+    red = core.message_ids("red")[0]
+
+    def policy(obs, is_first):
+        talk = np.zeros(6, np.int32)
+        talk[stream_index(0, 0, 3)] = red  # world 0, alpha says "red"; everyone else is silent
+        move = np.argmax(obs["action_mask"], -1)  # a legal move
+        return {"move": move, "talk": talk}, {}
+
+    driver.step(policy)
+    tokens = driver.observe()["obs"]["tokens"]
+    text = [_says(env.vocab, tokens[n]) for n in range(6)]
+    for n, line in enumerate(text):
+        heard = n in (stream_index(0, 1, 3), stream_index(0, 2, 3)) and not silence
+        assert ("alpha says red" in line) == heard, (n, line)
+    assert env.state.messages_sent[0] == (0 if silence else 1)
+
+
+def test_batched_step_matches_single_world():
+    params = core.Params(num_rooms=2, num_bombs=1, max_rounds=3, message_len=1)
+    w = 5
+    obs, state, _ = defusal_env._batched_reset(jax.random.key(0), w, params)
+    step = jax.jit(defusal_env._batched_step, static_argnames="params")
+    rng = np.random.default_rng(0)
+    for t in range(5):  # max_rounds 3: worlds end and restart inside the batch
+        move = jnp.asarray(rng.integers(0, 9, (w, 3)), jnp.int32)
+        talk = jnp.asarray(rng.integers(0, core.NUM_MESSAGE_IDS, (w, 3, 1)), jnp.int32)
+        key = jax.random.key(100 + t)
+        b_obs, b_state, out = step(key, state, move, talk, params=params)
+        for i, k in enumerate(jax.random.split(key, w)):
+            k_step, k_reset = jax.random.split(k)
+            s_i = jax.tree.map(lambda x, i=i: x[i], state)
+            if bool(s_i.done):
+                o, s = core.reset(k_reset, params)
+                r = 0.0
+            else:
+                o, s, r, _, _ = core.step(k_step, s_i, move[i], talk[i], params)
+            batched_i = jax.tree.map(lambda x, i=i: x[i], (b_obs, b_state))
+            for a, b in zip(jax.tree.leaves((o, s)), jax.tree.leaves(batched_i), strict=True):
+                np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+            assert float(out["reward"][i]) == float(r)
+            assert bool(out["is_first"][i]) == bool(s_i.done)
+        state = b_state
+
+
+def test_policy_traces_once_over_episodes():
+    config = lwm_config.load(["debug"], {"agent.actor.mask": "action_mask:move"})
+    env = envs.make_batched("defusal_small", 2, seed=3, max_rounds=2, **SMALL)
+    obs_spec, act_spec = team_specs(env)
+    agent = Agent(obs_spec, act_spec, config)
+    params = agent.init(0)["params"]
+    driver = TeamDriver(env, [k.name for k in agent.keys])
+    act = _policy_fn(agent, driver.num_streams, 0, False, lambda: params)
+    moves = []
+
+    def policy(obs, is_first):
+        actions, extra = act(obs, is_first)
+        legal = np.take_along_axis(obs["action_mask"], actions["move"][:, None], 1)[:, 0]
+        assert legal.all(), "the masked actor chose an illegal move"
+        moves.append(actions["move"])
+        return actions, extra
+
+    for _ in range(7):  # several episodes (max_rounds 2), every world restarting
+        driver.step(policy)
+    assert agent.traces["policy"] == 1
+    assert driver.pop_episodes()
+
+
+def test_bad_team_input():
+    env = envs.make_batched("defusal_small", 2, **SMALL)
+    env.reset()
+    with pytest.raises(ValueError, match=r"'move' has shape \(3,\), expected \(2, 3\)"):
+        env.step({"move": np.zeros(3, int)})
+    with pytest.raises(ValueError, match=r"'move' value \[9\] outside 0..8"):
+        env.step({"move": np.array([[0, 1, 9], [0, 0, 0]])})
+    with pytest.raises(ValueError, match=r"'talk' value \[-1\] outside 0..18"):
+        env.step({"move": np.zeros((2, 3), int), "talk": np.array([[0, 0, 0], [0, -1, 0]])})
+    with pytest.raises(ValueError, match="dtype float"):
+        env.step({"move": np.zeros((2, 3))})
+    with pytest.raises(ValueError, match="'move' \\[W, A\\]"):
+        env.step(np.zeros((2, 3), int))
+    with pytest.raises(ValueError, match="num_worlds 0 is not allowed"):
+        envs.make_batched("defusal_small", 0)
+    with pytest.raises(ValueError, match="unknown option 'rooms'"):
+        envs.make_batched("defusal", 2, rooms=3)
+    with pytest.raises(ValueError, match="no batched form"):
+        envs.make_batched("tokenchoice", 2)
+    obs_spec, act_spec = team_specs(env)
+    heads = action_heads(act_spec)
+    with pytest.raises(ValueError, match="head 'mov' is not an action head"):
+        parse_mask("action_mask:mov", obs_spec, heads)
+    with pytest.raises(ValueError, match="observation 'legal' does not exist"):
+        parse_mask("legal:move", obs_spec, heads)
+    with pytest.raises(ValueError, match=r"must be bool \[19\]"):
+        parse_mask("action_mask:talk", obs_spec, heads)
+    logits = jnp.zeros((2, 3))
+    masked = np.asarray(mask_logits(logits, jnp.array([[True, False, True], [False, False, False]])))
+    assert masked[0, 1] < -1e8 and np.all(masked[1] == 0)  # a row with nothing legal stays unmasked
+
+
+def test_presets_load():
+    for names in (["defusal_small"], ["defusal"], ["defusal", "defusal_gpu"]):
+        config = lwm_config.load(names)
+        assert envs.has_batched(config.env.name) and config.agent.actor.mask == "action_mask:move"
+
+
+# ------------------------------------------------------------------------------------------------- learning
+
+
+def test_team_learns_small_world(tmp_path):
+    """The trained team finishes the 2-room / 1-bomb world in clearly fewer rounds than random legal play."""
+    from launch import train
+
+    summary = train.main(["--configs", "defusal_small", "--run.log_every", "60", "--ckpt.enabled", "false",
+                          "--logdir", str(tmp_path / "team")])
+    params = core.Params(num_rooms=2, num_bombs=1, max_rounds=10, **SMALL)
+    rand = scripted.evaluate(scripted.random_legal, params, jax.random.key(0), 300)
+    ev = summary["eval"]
+    assert summary["worlds"] == 8 and summary["agents"] == 3 and ev["episodes"] == 200
+    assert ev["score_mean"] >= float(rand["score"].mean()) - 0.2, (ev, rand["score"].mean())
+    assert ev["rounds_mean"] <= float(rand["rounds"].mean()) - 0.7, (ev, rand["rounds"].mean())
