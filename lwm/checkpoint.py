@@ -32,7 +32,7 @@ import numpy as np
 import orbax.checkpoint as ocp
 from etils import epath
 
-from lwm.replay import Replay
+from lwm.replay import Replay, flatten
 
 # Keys that may differ between a checkpoint's config and the config of the run that resumes it: how long to
 # run, how often to log or save, where and on what to run. Everything else must match.
@@ -107,16 +107,6 @@ def _place(value: Any, ref: Any) -> Any:
     if isinstance(ref, jax.Array) and ref.committed:
         return value if getattr(value, "sharding", None) == ref.sharding else jax.device_put(value, ref.sharding)
     return jnp.asarray(np.asarray(value), dtype=ref.dtype)
-
-
-def _flat_names(nested: Mapping, prefix: str = "") -> dict[str, Any]:
-    out = {}
-    for k, v in nested.items():
-        if isinstance(v, Mapping):
-            out.update(_flat_names(v, f"{prefix}{k}/"))
-        else:
-            out[f"{prefix}{k}"] = v
-    return out
 
 
 # ---------------------------------------------------------------------------------------------- the replay part
@@ -362,7 +352,7 @@ def load_into(path: str | os.PathLike, ts: Any, only: str = "agent") -> tuple[An
     merged = jax.tree.map(lambda x: x, fresh)
     for part in parts:
         src, dst = _lookup(saved, part), _lookup(fresh, part)
-        a, b = _flat_names(src), _flat_names(dst)
+        a, b = flatten(src), flatten(dst)
         for name in sorted(set(a) | set(b)):
             sa = np.shape(a[name]) if name in a else "absent"
             sb = np.shape(b[name]) if name in b else "absent"

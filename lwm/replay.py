@@ -12,15 +12,17 @@ import json
 import os
 from collections.abc import Mapping
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
 
-def _flatten(tree: Mapping, prefix: str = "") -> dict[str, np.ndarray]:
+def flatten(tree: Mapping, prefix: str = "") -> dict[str, Any]:
+    """A nested dict as one level with `/`-joined keys ({"a": {"b": x}} -> {"a/b": x})."""
     out = {}
     for key, value in tree.items():
         if isinstance(value, Mapping):
-            out.update(_flatten(value, f"{prefix}{key}/"))
+            out.update(flatten(value, f"{prefix}{key}/"))
         else:
             out[f"{prefix}{key}"] = value
     return out
@@ -80,7 +82,7 @@ class Replay:
 
         Latent `stoch` one-hots are stored as class indices (uint8/int16) to save memory.
         """
-        flat = _flatten(step)
+        flat = flatten(step)
         for key, value in flat.items():
             value = np.asarray(value)
             if key == "latent/stoch" and value.ndim == 3:

@@ -596,6 +596,19 @@ def test_unknown_priority_signal_is_rejected():
         Agent({"vector": OBS_SPEC["vector"]}, specs.DiscreteArray(2, name="action"), cfg)
 
 
+def _vector_batch(cfg) -> dict:
+    """A random batch for a world with only a 4-vector observation and one 2-way action."""
+    B, T, r = cfg.batch_size, cfg.batch_length, cfg.agent.rssm
+    rng = np.random.default_rng(0)
+    return {"obs": {"vector": rng.normal(size=(B, T, 4)).astype(np.float32)},
+            "action": {"action": rng.integers(0, 2, (B, T)).astype(np.int32)},
+            "reward": rng.normal(size=(B, T)).astype(np.float32), "is_first": np.zeros((B, T), bool),
+            "is_terminal": np.zeros((B, T), bool),
+            "start": {"deter": np.zeros((B, r.deter), np.float32),
+                      "stoch": np.zeros((B, r.stoch, r.classes), np.float32)},
+            "start_action": {"action": np.zeros((B,), np.int32)}}
+
+
 def test_imagination_start_subset():
     from lwm.agent import start_indices
 
@@ -611,15 +624,7 @@ def test_imagination_start_subset():
     # A train step that imagines from a subset runs, is finite and traces once.
     cfg = config.load(["debug"], {"agent.imag.starts": 9, "batch_size": 4, "batch_length": 6})
     agent = Agent({"vector": OBS_SPEC["vector"]}, specs.DiscreteArray(2, name="action"), cfg)
-    rng = np.random.default_rng(0)
-    r = cfg.agent.rssm
-    batch = {"obs": {"vector": rng.normal(size=(B, T, 4)).astype(np.float32)},
-             "action": {"action": rng.integers(0, 2, (B, T)).astype(np.int32)},
-             "reward": rng.normal(size=(B, T)).astype(np.float32), "is_first": np.zeros((B, T), bool),
-             "is_terminal": np.zeros((B, T), bool),
-             "start": {"deter": np.zeros((B, r.deter), np.float32), "stoch": np.zeros((B, r.stoch, r.classes),
-                                                                                     np.float32)},
-             "start_action": {"action": np.zeros((B,), np.int32)}}
+    batch = _vector_batch(cfg)
     ts = agent.init(0)
     for _ in range(2):
         ts, metrics, _ = agent.train(ts, batch)
@@ -633,21 +638,12 @@ def test_actor_scale_sets_the_actors_learning_rate():
     agent = Agent({"vector": OBS_SPEC["vector"]}, specs.DiscreteArray(2, name="action"), cfg)
     ts = agent.init(0)
     before = jax.device_get(ts["params"])
-    B, T, r = 4, 6, cfg.agent.rssm
-    rng = np.random.default_rng(0)
-    batch = {"obs": {"vector": rng.normal(size=(B, T, 4)).astype(np.float32)},
-             "action": {"action": rng.integers(0, 2, (B, T)).astype(np.int32)},
-             "reward": rng.normal(size=(B, T)).astype(np.float32), "is_first": np.zeros((B, T), bool),
-             "is_terminal": np.zeros((B, T), bool),
-             "start": {"deter": np.zeros((B, r.deter), np.float32),
-                       "stoch": np.zeros((B, r.stoch, r.classes), np.float32)},
-             "start_action": {"action": np.zeros((B,), np.int32)}}
-    ts, _, _ = agent.train(ts, batch)
+    ts, _, _ = agent.train(ts, _vector_batch(cfg))
     after = jax.device_get(ts["params"])
 
     def moved(part):
         return max(float(np.abs(a - b).max()) for a, b in zip(jax.tree.leaves(before[part]),
-                                                               jax.tree.leaves(after[part])))
+                                                               jax.tree.leaves(after[part]), strict=True))
 
     assert moved("actor") == 0.0  # actor_scale 0 freezes the actor ...
     assert moved("critic") > 0.0 and moved("wm") > 0.0  # ... and nothing else
