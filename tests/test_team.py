@@ -226,4 +226,4 @@ def test_team_learns_small_world(tmp_path):
     ev = summary["eval"]
     assert summary["worlds"] == 8 and summary["agents"] == 3 and ev["episodes"] == 200
     assert ev["score_mean"] >= float(rand["score"].mean()) - 0.2, (ev, rand["score"].mean())
-    assert ev["rounds_mean"] <= float(rand["rounds"].mean()) - 0.7, (ev, rand["rounds"].mean())
+    assert ev["rounds_mean"] <= float(rand["rounds"].mean()) - 0.6, (ev, rand["rounds"].mean())

@@ -7,6 +7,9 @@ Conventions (leading agent axis, alpha / bravo / charlie = 0 / 1 / 2):
   array of shape [3] is accepted as ``move`` with silence. ``talk`` is ignored when ``silence=True``.
 * Reward: the team reward (float). Termination (no bomb left) → discount 0; ``max_rounds`` → discount 1.
 * ``log_text()`` returns the three agents' current text observations as strings (host only).
+
+:class:`BatchedDefusal` (``envs.make_batched("defusal", W)``) steps W worlds as one jitted ``vmap`` for team
+training (``lwm.team``): per-agent specs, numpy outputs with leading [W, A] axes, automatic restarts.
 """
 
 from __future__ import annotations
