@@ -127,9 +127,8 @@ def describe(name: str) -> dict[str, Any]:
     }
 
 
-def make(name: str, **overrides: Any) -> dm_env.Environment:
-    """Builds world ``name`` with its defaults updated by ``overrides`` (all checked by name and type)."""
-    entry = _entry(name)
+def _checked_options(name: str, entry: Any, overrides: dict[str, Any]) -> dict[str, Any]:
+    """``overrides`` checked against the world's options (and the registry's own), coerced to their types."""
     allowed = {**entry.defaults, **REGISTRY_DEFAULTS}
     options: dict[str, Any] = {}
     for key, value in overrides.items():
@@ -140,6 +139,13 @@ def make(name: str, **overrides: Any) -> dm_env.Environment:
                 f"valid options: {', '.join(valid)}"
             )
         options[key] = _coerce(name, key, value, allowed[key])
+    return options
+
+
+def make(name: str, **overrides: Any) -> dm_env.Environment:
+    """Builds world ``name`` with its defaults updated by ``overrides`` (all checked by name and type)."""
+    entry = _entry(name)
+    options = _checked_options(name, entry, overrides)
     mask_tokens = options.pop("mask_tokens", REGISTRY_DEFAULTS["mask_tokens"])
     kwargs = {**entry.defaults, **options}
     env = entry.factory(**kwargs)
@@ -171,14 +177,5 @@ def make_batched(name: str, num_worlds: int, **overrides: Any) -> Any:
     if name not in _BATCHED:
         with_one = ", ".join(sorted(_BATCHED)) or "(none)"
         raise ValueError(f"world {name!r} has no batched form; worlds with one: {with_one}")
-    allowed = {**entry.defaults, **REGISTRY_DEFAULTS}
-    options: dict[str, Any] = {}
-    for key, value in overrides.items():
-        if key not in allowed:
-            valid = sorted(allowed)
-            raise ValueError(
-                f"unknown option {key!r} for world {name!r}{_closest(key, valid)}; "
-                f"valid options: {', '.join(valid)}"
-            )
-        options[key] = _coerce(name, key, value, allowed[key])
+    options = _checked_options(name, entry, overrides)
     return _BATCHED[name](num_worlds=num_worlds, **{**entry.defaults, **options})

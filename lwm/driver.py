@@ -32,6 +32,15 @@ def check_observation(obs: Any, spec: Mapping[str, dm_env.specs.Array], where: s
                                    f"[{s.minimum}, {s.maximum}].")
 
 
+def act(current: dict, policy: Callable, on_step: Callable[[dict], None] | None) -> tuple[dict, dict]:
+    """Runs the policy on an observed batch step and hands the step with its actions to `on_step` (replay)."""
+    actions, extra = policy(current["obs"], current["is_first"])
+    actions = {k: np.asarray(v) for k, v in actions.items()}
+    if on_step is not None:
+        on_step({**current, "action": actions, **extra})
+    return current, actions
+
+
 class Driver:
     """Runs `policy(obs [N, ...], is_first [N]) -> actions dict [N]` against N environments.
 
@@ -83,11 +92,7 @@ class Driver:
 
     def step(self, policy: Callable, on_step: Callable[[dict], None] | None = None) -> None:
         """One iteration: act in the current states of all environments, then advance them."""
-        current = self.observe()
-        actions, extra = policy(current["obs"], current["is_first"])
-        actions = {k: np.asarray(v) for k, v in actions.items()}
-        if on_step is not None:
-            on_step({**current, "action": actions, **extra})
+        current, actions = act(self.observe(), policy, on_step)
         for i in range(len(self.envs)):
             if current["is_first"][i]:
                 self.returns[i], self.lengths[i] = 0.0, 0

@@ -26,7 +26,7 @@ from typing import Any
 import dm_env
 import numpy as np
 
-from lwm.driver import ObservationError
+from lwm.driver import ObservationError, act
 
 AGENT_ID = "agent_id"
 
@@ -128,11 +128,7 @@ class TeamDriver:
 
     def step(self, policy: Callable, on_step: Callable[[dict], None] | None = None) -> None:
         """One round: every agent of every world acts, then all worlds advance."""
-        current = self.observe()
-        actions, extra = policy(current["obs"], current["is_first"])
-        actions = {k: np.asarray(v) for k, v in actions.items()}
-        if on_step is not None:
-            on_step({**current, "action": actions, **extra})
+        current, actions = act(self.observe(), policy, on_step)
         out = self.current
         first, last = np.asarray(out["is_first"]), np.asarray(out["is_last"])
         reward = np.asarray(out["reward"], np.float64)
