@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import platform
 import resource
 import statistics
@@ -30,7 +31,8 @@ def main() -> None:
     parser.add_argument("--warmup", type=int, default=3)
     parser.add_argument("--dtype", default="", help="override jax.compute_dtype (float32 | bfloat16)")
     parser.add_argument("--platform", default="cpu")
-    parser.add_argument("--cache", action="store_true", help="use the persistent compilation cache")
+    parser.add_argument("--cache", action="store_true",
+                        help="use the persistent compilation cache ($LWM_JAX_CACHE, else .jax_cache in the repo)")
     parser.add_argument("--set", nargs="*", default=[], help="extra dotted overrides key=value")
     args = parser.parse_args()
     if args.updates < 1:
@@ -38,7 +40,8 @@ def main() -> None:
 
     from lwm.runtime import setup_jax
 
-    setup_jax(args.platform, str(Path(__file__).resolve().parents[1] / ".jax_cache") if args.cache else "")
+    cache = os.environ.get("LWM_JAX_CACHE") or str(Path(__file__).resolve().parents[1] / ".jax_cache")
+    setup_jax(args.platform, cache if args.cache else "")
     import dm_env
     import jax
     import jax.numpy as jnp
@@ -108,7 +111,7 @@ def main() -> None:
         "preset": args.preset, "params": agent.param_count(), "batch": B, "length": T,
         "image": H, "vocab": args.vocab, "dtype": jnp.dtype(agent.dtype).name,
         "device": str(jax.devices()[0].device_kind), "platform": jax.default_backend(),
-        "cpu_count": __import__("os").cpu_count(), "machine": platform.machine(),
+        "cpu_count": os.cpu_count(), "machine": platform.machine(),
         "compile_s": round(compile_s, 2), "flops_per_update": flops,
         "updates_per_s": round(1.0 / median, 4), "s_per_update": round(median, 4),
         "s_per_update_min": round(min(times), 4), "s_per_update_max": round(max(times), 4),
