@@ -345,11 +345,14 @@ def probe_suite(probe: dict, seed: int, kept: set, probe_accuracy, split_episode
             results[name][order] = probe_accuracy(x[~is_test], y[~is_test], x[is_test], y[is_test])
     rows = [
         {"name": "linear probe, trained world model", "source": "ours",
-         "accuracy": {o: results["trained"][o]["accuracy"] for o in ORDERS}},
+         "accuracy": {o: results["trained"][o]["accuracy"] for o in ORDERS},
+         "balanced": {o: results["trained"][o]["balanced_accuracy"] for o in ORDERS}},
         {"name": "linear probe, random-init model", "source": "ours (control)",
-         "accuracy": {o: results["random"][o]["accuracy"] for o in ORDERS}},
+         "accuracy": {o: results["random"][o]["accuracy"] for o in ORDERS},
+         "balanced": {o: results["random"][o]["balanced_accuracy"] for o in ORDERS}},
         {"name": "majority class (base rate)", "source": "held-out labels",
-         "accuracy": {o: results["trained"][o]["base_rate"] for o in ORDERS}},
+         "accuracy": {o: results["trained"][o]["base_rate"] for o in ORDERS},
+         "balanced": {o: results["trained"][o]["base_balanced_accuracy"] for o in ORDERS}},
     ]
     rows += [{"name": name, "source": "published", "accuracy": dict(acc)} for name, acc in PUBLISHED_TABLE2]
     detail = {o: {"n_train": results["trained"][o]["n_train"], "n_test": results["trained"][o]["n_test"],
@@ -357,7 +360,9 @@ def probe_suite(probe: dict, seed: int, kept: set, probe_accuracy, split_episode
               for o in ORDERS}
     notes = [f"Latent state (deter ⊕ stoch) of each agent at every round of the agent's episodes; "
              f"{len(train)} training and {len(test)} held-out episodes ({detail['introspection']['n_test']} held-out "
-             "agent-rounds); one L2-regularised logistic regression per label column.",
+             "agent-rounds); one L2-regularised logistic regression per label column. Accuracy is pooled over "
+             "columns; balanced accuracy is the mean recall of true and false labels (0.50 = no information), "
+             "which the rare true labels make the sharper test.",
              "Labels from the world's state log (core.theory_of_mind), for agent i, teammate j, bomb k: "
              "introspection: i knows k's sequence; 1st order: j knows it; 2nd order: j knows that i knows it.",
              "The random-init model has the same architecture with fresh parameters and observes the same episodes.",

@@ -188,7 +188,8 @@ def probe_accuracy(x_train: np.ndarray, y_train: np.ndarray, x_test: np.ndarray,
 
     `x_*` [n, F] features (standardised with the training statistics), `y_*` [n, C] booleans. A column constant
     in the training data predicts that constant. `base_rate`: the accuracy of always predicting each column's
-    training majority; `positive_rate`: the share of true labels in the test data. `l2` is the ridge penalty on
+    training majority; `balanced_accuracy` (and `base_balanced_accuracy`, of the majority guess) see
+    `balanced_accuracy`; `positive_rate`: the share of true labels in the test data. `l2` is the ridge penalty on
     the standardised weights (summed loss, so it shrinks less as data grow); uninformative features then stay
     near the base rate instead of fitting noise.
     """
@@ -201,19 +202,30 @@ def probe_accuracy(x_train: np.ndarray, y_train: np.ndarray, x_test: np.ndarray,
     mean, std = x_train.mean(0), x_train.std(0)
     std = np.where(std > 1e-6, std, 1.0)
     xs_train, xs_test = (x_train - mean) / std, (x_test - mean) / std
-    hits = base = 0
+    preds, bases = [], []
     for c in range(y_train.shape[1]):
         majority = y_train[:, c].mean() >= 0.5
-        base += int(np.sum(y_test[:, c] == majority))
+        bases.append(np.full(len(x_test), majority))
         if np.all(y_train[:, c] == y_train[0, c]):
-            pred = np.full(len(x_test), y_train[0, c])
+            preds.append(np.full(len(x_test), y_train[0, c]))
         else:
             w = fit_logistic(xs_train, y_train[:, c], l2=l2)
-            pred = (xs_test @ w[:-1] + w[-1]) > 0
-        hits += int(np.sum(pred == y_test[:, c]))
-    total = y_test.size
-    return {"accuracy": hits / total, "base_rate": base / total, "positive_rate": float(y_test.mean()),
+            preds.append((xs_test @ w[:-1] + w[-1]) > 0)
+    pred, base = np.stack(preds, 1), np.stack(bases, 1)
+    return {"accuracy": float(np.mean(pred == y_test)), "base_rate": float(np.mean(base == y_test)),
+            "balanced_accuracy": balanced_accuracy(pred, y_test),
+            "base_balanced_accuracy": balanced_accuracy(base, y_test), "positive_rate": float(y_test.mean()),
             "n_train": int(len(x_train)), "n_test": int(len(x_test)), "columns": int(y_train.shape[1])}
+
+
+def balanced_accuracy(pred: np.ndarray, truth: np.ndarray) -> float | None:
+    """Mean of the recall of true and of false labels, pooled over columns (0.5 = no information; None when
+    the test labels hold only one class)."""
+    pred, truth = np.asarray(pred, bool), np.asarray(truth, bool)
+    pos, neg = truth.sum(), (~truth).sum()
+    if pos == 0 or neg == 0:
+        return None
+    return float(0.5 * ((pred & truth).sum() / pos + (~pred & ~truth).sum() / neg))
 
 
 def split_episodes(ids: Sequence[Any], test_frac: float, seed: int) -> tuple[set, set]:
@@ -284,8 +296,10 @@ def results_markdown(results: Mapping[str, Any]) -> str:
         if probes:
             lines += [f"### {probes.get('title', 'Belief probes')}", ""]
             orders = probes["orders"]
-            header = ["model", "source"] + [probes.get("labels", {}).get(o, o) for o in orders]
-            rows = [[r["name"], r["source"]] + [fmt(r["accuracy"].get(o)) for o in orders] for r in probes["rows"]]
+            names = [probes.get("labels", {}).get(o, o) for o in orders]
+            header = ["model", "source"] + names + [f"{n} (balanced)" for n in names]
+            rows = [[r["name"], r["source"]] + [fmt(r["accuracy"].get(o)) for o in orders]
+                    + [fmt(r.get("balanced", {}).get(o)) for o in orders] for r in probes["rows"]]
             lines += _table(header, rows) + [""]
             lines += [f"- {n}" for n in probes.get("notes", [])] + [""]
         lines += [f"- {n}" for n in suite.get("notes", [])]
@@ -384,7 +398,7 @@ def plot_probes(probes: Mapping[str, Any], out: str | Path) -> Path:
     plt = _pyplot()
     orders = probes["orders"]
     rows = probes["rows"]
-    fig, ax = plt.subplots(figsize=(6.5, 3.4))
+    fig, ax = plt.subplots(figsize=(9.0, 3.4))
     width = 0.8 / max(len(rows), 1)
     for i, row in enumerate(rows):
         values = [row["accuracy"].get(o) for o in orders]
@@ -394,7 +408,7 @@ def plot_probes(probes: Mapping[str, Any], out: str | Path) -> Path:
     ax.set_xticks(np.arange(len(orders)) + 0.4 - width / 2, [probes.get("labels", {}).get(o, o) for o in orders])
     ax.set_ylim(0, 1.05)
     ax.set_ylabel("accuracy")
-    ax.legend(fontsize=7, ncol=2)
+    ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0))
     ax.grid(axis="y", alpha=0.3)
     fig.tight_layout()
     fig.savefig(out, dpi=100)

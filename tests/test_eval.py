@@ -73,7 +73,10 @@ def _check_md_equals_json(results: dict, md: str) -> None:
         if probes:
             for row in probes["rows"]:
                 cells = rows[(row["name"], row["source"])]
-                assert [float(c) for c in cells] == [round(row["accuracy"][o], 2) for o in probes["orders"]]
+                want = [f"{row['accuracy'][o]:.2f}" for o in probes["orders"]]
+                balanced = row.get("balanced", {})
+                want += [f"{balanced[o]:.2f}" if balanced.get(o) is not None else "n/a" for o in probes["orders"]]
+                assert cells == want, (row, cells)
 
 
 def test_defusal_suite_writes_everything(defusal_eval):
@@ -111,6 +114,9 @@ def test_random_init_probe_near_base_rate(defusal_eval):
     for order in ("introspection", "first_order", "second_order"):
         assert abs(rows["linear probe, random-init model"][order] - base[order]) <= 0.15, (order, rows)
         assert probes["detail"][order]["n_test"] > 0
+    balanced = {r["name"]: r.get("balanced", {}) for r in probes["rows"]}
+    for value in balanced["linear probe, random-init model"].values():
+        assert value is None or 0.3 <= value <= 0.7
     assert rows["GPT-4 + belief"] == {"introspection": 0.972, "first_order": 0.801, "second_order": 0.694}
 
 
