@@ -100,7 +100,8 @@ class Driver:
                 self.returns[i] += current["reward"][i]
                 self.lengths[i] += 1
             if current["is_last"][i]:
-                self.episodes.append({"return": float(self.returns[i]), "length": int(self.lengths[i])})
+                self.episodes.append({"return": float(self.returns[i]), "length": int(self.lengths[i]),
+                                      "terminated": float(current["is_terminal"][i])})
             self._advance(i, self._env_action(actions, i))
         self.steps += len(self.envs)
 

@@ -307,8 +307,7 @@ def train_loop(config, logdir: str | Path, make_env: Callable[[int], dm_env.Envi
                 episodes = driver.pop_episodes()
                 finished = [e["return"] for e in episodes]
                 returns += finished
-                episode_extras += [{k: v for k, v in e.items() if k not in ("return", "length")} for e in episodes
-                                   if len(e) > 2]
+                episode_extras += [{k: v for k, v in e.items() if k != "return"} for e in episodes]
                 counters["episodes"] += len(finished)
                 if driver.steps >= config.run.train_fill and replay.ready():
                     counters["credit"] += num_streams * per_step

@@ -37,6 +37,10 @@ def test_run_writes_config_metrics_and_summary(language_run):
     assert train_rows, "no training rows were logged"
     for key in ("loss/rec_tokens", "loss/reward", "loss/dyn", "fps/updates_per_s", "fps/env_steps_per_s"):
         assert key in train_rows[-1]
+    episode_rows = [r for r in rows if "episode/return" in r]
+    assert episode_rows, "no episode statistics were logged"
+    for r in episode_rows:  # tokenchoice (delay 2): every episode is 3 decisions and ends by a choice (terminal)
+        assert r["episode/length"] == 3 and r["episode/terminated"] == 1.0, r
     # The world model learns to reconstruct the token stream.
     assert train_rows[-1]["loss/rec_tokens"] < 0.5 * train_rows[0]["loss/rec_tokens"]
     assert summary["updates"] > 1000
