@@ -423,7 +423,7 @@ def single_suite(kind: str, agent, params, config, opts: dict) -> dict:
     if kind == "homegrid":
         notes.append("Dynalang's published HomeGrid results are learning curves after 50M env steps "
                      "(docs/REFERENCES.md), not a table to set beside a CPU run.")
-    title = "Language-hinted gridworld" if kind == "gridworld" else "HomeGrid"
+    title = "Language worlds" if kind == "gridworld" else "HomeGrid"
     return {"title": f"{title} ({world})", "team": False, "metrics": list(metrics),
             "labels": {"return": "return", "length": "length"}, "rows": rows, "notes": notes}
 

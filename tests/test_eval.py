@@ -151,6 +151,9 @@ def test_bad_input(defusal_run, token_run, tmp_path):
     assert "trained on world 'defusal_small'" in msg and "--suite defusal" in msg
     msg = fails("--logdir", str(token_run), "--suite", "defusal", "--out", str(tmp_path / "o"))
     assert "trained on world 'tokenchoice'" in msg and "--suite gridworld" in msg
+    msg = fails("--logdir", str(defusal_run), "--checkpoint", str(token_run / "ckpt"), "--suite", "defusal", "--out",
+                str(tmp_path / "o"))
+    assert "trained on world 'tokenchoice'" in msg  # the checkpoint's own config decides the world
     empty = tmp_path / "empty"
     empty.mkdir()
     shutil.copy(defusal_run / "config.yaml", empty / "config.yaml")
