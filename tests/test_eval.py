@@ -27,8 +27,10 @@ def _train(logdir: Path, *args: str) -> Path:
 
 @pytest.fixture(scope="module")
 def defusal_run(tmp_path_factory) -> Path:
+    # 6 worlds: the evaluation below runs 6 episodes as 6 worlds, so training and evaluation share one policy
+    # and one world-step compilation.
     return _train(tmp_path_factory.mktemp("defusal") / "run", "--configs", "defusal_small", "debug",
-                  "--env.num_envs", "2", "--run.steps", "120")
+                  "--env.num_envs", "6", "--run.steps", "216")
 
 
 @pytest.fixture(scope="module")
@@ -40,7 +42,7 @@ def defusal_eval(defusal_run, tmp_path_factory) -> tuple[dict, Path]:
 @pytest.fixture(scope="module")
 def token_run(tmp_path_factory) -> Path:
     return _train(tmp_path_factory.mktemp("token") / "run", "--configs", "debug", "tokenchoice",
-                  "--env.num_envs", "2", "--run.steps", "40")
+                  "--env.num_envs", "8", "--run.steps", "48")
 
 
 def _md_rows(md: str) -> dict[tuple[str, str], list[str]]:
