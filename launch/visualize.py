@@ -186,6 +186,7 @@ def main(argv: Sequence[str] | None = None) -> dict:
     for name in ("gif", "mp4"):
         if name in flags:
             check_out(Path(flags[name]).expanduser(), f"--{name}")
+    trained = config
     if "env" in flags:
         try:
             config = config.update({"env.name": flags["env"]}, where="--env")
@@ -195,43 +196,139 @@ def main(argv: Sequence[str] | None = None) -> dict:
     cache = config.jax.cache_dir
     setup_jax(platform, default_cache_dir(str(logdir)) if cache == "auto" else cache)
 
+    import envs
     from launch.train import env_factory
     from lwm.agent import Agent
     from lwm.checkpoint import CheckpointError, load_into
     from lwm.visualize import visualize
 
+    if config.env.name in envs.names() and envs.has_batched(config.env.name):
+        config = config.update({"env.num_envs": episodes}, where="--episodes")  # one team env of N worlds
     try:
         make_env = env_factory(config)
     except (ValueError, TypeError, ImportError) as e:
+        if "env" in flags:
+            raise _fail(f"--env {config.env.name}: cannot build it with the run's env.options "
+                        f"{dict(config.env.options)} ({e}). {_trained_on(trained, env_factory)}") from None
         raise _fail(f"cannot build world {config.env.name!r}: {e}") from None
-    worlds = [make_env(20_000 + i) for i in range(episodes)]
-    spec = worlds[0].observation_spec()
-    agent = Agent(spec, worlds[0].action_spec(), config)
+    first = make_env(20_000)
+    team = is_team_env(first)
+    worlds = [first] if team else [first] + [make_env(20_000 + i) for i in range(1, episodes)]
+    spec, act_spec = world_specs(first)
+    if "env" in flags:
+        check_world(trained, env_factory, config.env.name, spec, act_spec, team)
+    agent = Agent(spec, act_spec, config)
     try:
         ts, used = load_into(source, agent.init(config.seed), "agent")
     except CheckpointError as e:
         raise _fail(str(e).replace("--from_checkpoint", "--checkpoint")) from None
-    print(f"lwm: visualising {used} on {config.env.name} ({episodes} episode(s))", flush=True)
+    what = f"{episodes} world(s) x {first.num_agents} agents" if team else f"{episodes} episode(s)"
+    print(f"lwm: visualising {used} on {config.env.name} ({what})", flush=True)
     renderers = grid_renderers(spec)
     try:
         result = visualize(
             agent, ts["params"], worlds, out, context=context, seed=seed, vocab=getattr(worlds[0], "vocab", None),
             renderers=renderers, gif=flags.get("gif"), mp4=flags.get("mp4"), max_steps=max_steps,
             title=f"{config.env.name}: imagination of {used.parent.parent.name}/{used.name}",
-            meta={"world": config.env.name, "checkpoint": str(used), "seed": seed})
+            meta={"world": config.env.name, "checkpoint": str(used), "seed": seed}, **world_drawings(first))
     except ValueError as e:
         raise _fail(str(e)) from None
     for world in worlds:
         world.close()
     print("Open-loop error by horizon (steps after the observed context):")
     print(result["text"])
-    if "mp4" in flags and "mp4" not in result["paths"]:
-        print(f"note: --mp4 {flags['mp4']} skipped: ffmpeg is not installed.")
+    for name in ("gif", "mp4"):
+        if name in flags and name not in result["paths"]:
+            import shutil
+
+            why = ("ffmpeg is not installed" if name == "mp4" and shutil.which("ffmpeg") is None
+                   else "the world has no image or grid observation to put in a strip")
+            print(f"note: --{name} {flags[name]} skipped: {why}.")
     print(f"Report: {out}" + "".join(f" | {k}: {v}" for k, v in result["paths"].items() if k != "html"))
     summary = {"html": str(out), "checkpoint": str(used), "context": result["context"],
                "horizon": result["horizon"], "observed": result["observed"], "paths": result["paths"]}
     summary["result"] = result
     return summary
+
+
+def is_team_env(world: Any) -> bool:
+    """Whether `world` is a team environment (several agents per world; `lwm.team`)."""
+    from lwm.team import is_team_env as check
+
+    return check(world)
+
+
+def world_specs(world: Any) -> tuple[dict, Any]:
+    """(observation spec, action spec) the agent sees in `world`: a team world's per-agent specs with `agent_id`."""
+    from lwm.team import team_specs
+
+    if is_team_env(world):
+        return team_specs(world)
+    return dict(world.observation_spec()), world.action_spec()
+
+
+def _describe(spec: Any) -> dict[str, str]:
+    if not isinstance(spec, dict):
+        spec = {"action": spec}
+    import numpy as np
+
+    return {k: f"{tuple(v.shape)} {v.dtype}" + (f" <= {np.max(v.maximum)}" if hasattr(v, "maximum") else "")
+            for k, v in spec.items() if not k.startswith("log_")}
+
+
+def _trained_on(trained: Any, env_factory: Any) -> str:
+    """'The checkpoint was trained on X (...)': what a world passed with --env must match."""
+    world = env_factory(trained)(0)
+    try:
+        kind = f"a team world of {world.num_agents} agents" if is_team_env(world) else "a single-agent world"
+        obs, _ = world_specs(world)
+    finally:
+        world.close()
+    keys = ", ".join(f"{k} {v}" for k, v in _describe(obs).items())
+    return (f"The checkpoint was trained on {trained.env.name} ({kind}; observations {keys}); --env must name a "
+            "world with the same observations and actions.")
+
+
+def check_world(trained: Any, env_factory: Any, name: str, spec: dict, act_spec: Any, team: bool) -> None:
+    """Fails (naming both worlds and what differs) when the --env world does not fit the trained model."""
+    world = env_factory(trained)(0)
+    try:
+        was_team = is_team_env(world)
+        want_obs, want_act = world_specs(world)
+        agents = world.num_agents if was_team else 1
+    finally:
+        world.close()
+    problems = []
+    if was_team != team:
+        problems.append(f"it is {'a team' if team else 'a single-agent'} world, the checkpoint's "
+                        f"{'a team world of ' + str(agents) + ' agents' if was_team else 'a single-agent world'}")
+    for label, want, got in (("observation", _describe(want_obs), _describe(spec)),
+                             ("action", _describe(want_act), _describe(act_spec))):
+        for key in sorted(set(want) | set(got)):
+            if want.get(key) != got.get(key):
+                problems.append(f"{label} {key!r}: checkpoint {want.get(key, 'absent')}, "
+                                f"--env {got.get(key, 'absent')}")
+    if problems:
+        raise _fail(f"--env {name} does not fit the checkpoint, trained on {trained.env.name}: "
+                    + "; ".join(problems) + ".")
+
+
+def world_drawings(world: Any) -> dict:
+    """Keyword arguments of `lwm.visualize.visualize` that draw a world it knows: for a defusal team, the true
+    room graph of every round (`world_svg`), each agent's decoded `vector` drawn the same way (`decoders`), the
+    move and talk names and the agents' names. Nothing for other worlds."""
+    from envs.defusal.env import BatchedDefusal
+
+    if not isinstance(world, BatchedDefusal):
+        return {}
+    from envs.defusal import core
+    from envs.defusal import render as defusal_render
+
+    params = world.params
+    return {"world_svg": lambda env: defusal_render.world_svgs(env.state, params),
+            "decoders": {"vector": lambda v: defusal_render.svg_vector(v, params)},
+            "action_names": {"move": core.ACTION_NAMES, "talk": ("silence", *core.MESSAGE_WORDS)},
+            "agent_names": core.AGENT_NAMES[: params.num_agents]}
 
 
 def grid_renderers(spec) -> dict:

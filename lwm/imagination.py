@@ -92,6 +92,65 @@ def collect_episodes(agent, params, envs: Sequence[dm_env.Environment], seed: in
     return [_stack(r) for r in records]
 
 
+def collect_team_episodes(agent, params, env: Any, seed: int = 0, greedy: bool = False, max_steps: int = 500,
+                          capture: Callable[[Any], Sequence[Any]] | None = None) -> list[dict]:
+    """Plays the first episode of every world of a team environment (`lwm.team`: W worlds x A agents) with the
+    shared-parameter agent, as `TeamDriver` trains it: N = W·A streams (row w·A + a), each with its own RSSM
+    carry and its `agent_id`; at most `max_steps` rounds.
+
+    Returns N episodes in `collect_episodes`' layout (the team reward in every stream of a world; `obs` holds
+    `agent_id`), each with `world` w and `agent` a; with `capture(env)` (one value per world, read before the
+    round's actions are applied) its world's value after every step in `extra` (e.g. a drawing of the state).
+    """
+    from lwm.team import TeamDriver, is_team_env, team_specs
+
+    if not is_team_env(env):
+        raise TypeError(f"collect_team_episodes needs a team environment (num_worlds, num_agents), got {env!r}.")
+    if max_steps < 1:
+        raise ValueError(f"max_steps={max_steps} must be >= 1.")
+    spec, _ = team_specs(env)
+    driver = TeamDriver(env, list(spec), name="visualize")
+    W, A, N = driver.W, driver.A, driver.num_streams
+    wanted = [k.name for k in agent.keys] + ([agent.mask[0]] if agent.mask is not None else [])
+    state = {"carry": agent.init_policy(N), "key": jax.random.key(seed)}
+
+    def policy(obs, is_first):
+        state["key"], sub = jax.random.split(state["key"])
+        inputs = {k: obs[k] for k in dict.fromkeys(wanted)}
+        state["carry"], actions, _ = agent.policy(params, state["carry"], inputs, is_first, sub, greedy=greedy)
+        return jax.device_get(actions), {}
+
+    records: list[list[dict]] = [[] for _ in range(N)]
+    active = np.ones(W, bool)
+
+    def record(step: dict) -> None:
+        extra = capture(env) if capture is not None else None
+        for w in np.flatnonzero(active):
+            for a in range(A):
+                n = w * A + a
+                terminal = bool(step["is_terminal"][n])
+                rec = {"obs": {k: np.asarray(v[n]) for k, v in step["obs"].items()},
+                       "action": {k: np.asarray(v[n]) for k, v in step["action"].items()},
+                       "reward": 0.0 if step["is_first"][n] else float(step["reward"][n]),
+                       "discount": 0.0 if terminal else 1.0, "is_first": bool(step["is_first"][n]),
+                       "is_last": bool(step["is_last"][n]), "is_terminal": terminal}
+                if extra is not None:
+                    rec["extra"] = extra[w]
+                records[n].append(rec)
+        active[np.asarray(step["is_last"][::A], bool)] = False
+
+    for _ in range(max_steps):
+        driver.step(policy, record)
+        if not active.any():
+            break
+    episodes = []
+    for n, steps in enumerate(records):
+        ep = _stack(steps)
+        ep["world"], ep["agent"] = n // A, n % A
+        episodes.append(ep)
+    return episodes
+
+
 def _stack(steps: list[dict]) -> dict:
     obs = {k: np.stack([s["obs"][k] for s in steps]) for k in steps[0]["obs"]}
     out = {

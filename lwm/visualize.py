@@ -27,9 +27,11 @@ from typing import Any
 
 import numpy as np
 
-from lwm.imagination import Imagination, collect_episodes, format_horizon_table
+from lwm.imagination import Imagination, collect_episodes, collect_team_episodes, format_horizon_table
+from lwm.team import is_team_env
 
 Renderer = Callable[[np.ndarray], np.ndarray]
+Drawer = Callable[[np.ndarray], str]  # a decoded observation -> an SVG drawing
 
 
 # ------------------------------------------------------------------------------------------------ images
@@ -325,7 +327,8 @@ def _action_text(ep: Mapping, heads: Sequence[Mapping], t: int, source: Mapping,
 
 
 def _step(result: Mapping, ep: Mapping, t: int, mode: str, word: Callable[[int], str],
-          renderers: Mapping[str, Renderer], action_names: Mapping[str, Sequence[str]], top_show: int) -> dict:
+          renderers: Mapping[str, Renderer], action_names: Mapping[str, Sequence[str]], top_show: int,
+          decoders: Mapping[str, Drawer] | None = None) -> dict:
     K = result.get("context", 0)
     keys = result["keys"]
     has_pred = mode in ep
@@ -383,18 +386,71 @@ def _step(result: Mapping, ep: Mapping, t: int, mode: str, word: Callable[[int],
     for extra in ("svg", "messages", "notes"):
         if extra in ep and ep[extra] is not None:
             step[extra] = ep[extra][t]
+    if has_pred and decoders:
+        step["decoded"] = [{"key": name, "svg": draw(np.asarray(pred.get(name + "/value", pred[name])[j]))}
+                           for name, draw in decoders.items() if name in pred]
     return step
+
+
+def _team_step(result: Mapping, members: Sequence[Mapping], names: Sequence[str], t: int, mode: str,
+               word: Callable[[int], str], renderers: Mapping[str, Renderer],
+               action_names: Mapping[str, Sequence[str]], top_show: int,
+               decoders: Mapping[str, Drawer] | None) -> dict:
+    """One round of one world: the world's truth (team reward, continue, drawing) and per agent its own step
+    (true and predicted tokens, predicted reward / continue / value, action, decoded drawings)."""
+    subs = [_step(result, ep, t, mode, word, renderers, action_names, top_show, decoders) for ep in members]
+    first = members[0]
+    step: dict[str, Any] = {"t": t, "kind": subs[0]["kind"], "frames": [], "tokens": [], "table": [],
+                            "reward": [subs[0]["reward"][0], None], "cont": [subs[0]["cont"][0], None],
+                            "value": None, "log": {}}
+    step["action"] = " | ".join(f"{name}: {sub['action']}" for name, sub in zip(names, subs, strict=True))
+    if "svg" in first and first["svg"] is not None:
+        step["svg"] = first["svg"][t]
+    keep = ("kind", "frames", "tokens", "table", "reward", "cont", "value", "action", "dream_action", "decoded")
+    step["agents"] = [{"name": name, **{k: sub[k] for k in keep if k in sub}}
+                      for name, sub in zip(names, subs, strict=True)]
+    return step
+
+
+def _team_episodes(result: Mapping, word: Callable[[int], str], renderers: Mapping[str, Renderer],
+                   action_names: Mapping[str, Sequence[str]], top_show: int, decoders: Mapping[str, Drawer] | None,
+                   agent_names: Sequence[str] | None) -> list[dict]:
+    """Team episodes (every result episode has `world` and `agent`) grouped into one page episode per world."""
+    worlds: dict[int, list[Mapping]] = {}
+    for ep in result["episodes"]:
+        worlds.setdefault(int(ep["world"]), []).append(ep)
+    out = []
+    K = result.get("context", 0)
+    for w, members in sorted(worlds.items()):
+        members = sorted(members, key=lambda ep: int(ep["agent"]))
+        names = [agent_names[int(ep["agent"])] if agent_names and int(ep["agent"]) < len(agent_names)
+                 else f"agent {int(ep['agent'])}" for ep in members]
+        n = min(int(ep["length"]) for ep in members)
+        modes = {}
+        args = (word, renderers, action_names, top_show, decoders)
+        if all("open" in ep for ep in members):
+            modes["open"] = [_team_step(result, members, names, t, "open", *args) for t in range(n)]
+        if all("dream" in ep for ep in members) and n > K:
+            modes["dream"] = [_team_step(result, members, names, t, "dream", *args) for t in range(K, n)]
+        if not modes:
+            modes["truth"] = [_team_step(result, members, names, t, "truth", *args) for t in range(n)]
+        out.append({"name": f"world {w + 1}: {len(members)} agents (team return {members[0].get('return', 0.0):.3g}, "
+                            f"{n} rounds)", "length": n, "modes": modes, "agents": names})
+    return out
 
 
 def page_data(result: Mapping, vocab: Any = None, renderers: Mapping[str, Renderer] | None = None,
               action_names: Mapping[str, Sequence[str]] | Sequence[str] | None = None,
-              title: str = "lwm imagination report", meta: Mapping[str, Any] | None = None, top_show: int = 8
-              ) -> dict:
+              title: str = "lwm imagination report", meta: Mapping[str, Any] | None = None, top_show: int = 8,
+              decoders: Mapping[str, Drawer] | None = None, agent_names: Sequence[str] | None = None) -> dict:
     """Everything the page shows, as JSON-ready data: per episode and mode (open / dream) a list of steps.
 
     `result` is `Imagination.run`'s dict; episodes without `open` / `dream` entries are shown as truth only
     (with their per-step `svg` drawings and `messages` when present). `action_names`: a list of names for a
-    single action head, or {head: names}.
+    single action head, or {head: names}. `decoders`: {observation key: function from the model's prediction
+    of that key (vectors in their own units) to an SVG drawing}, shown beside the truth. Team episodes (from
+    `collect_team_episodes`: each has `world` and `agent`) become one page episode per world whose steps hold
+    every agent's step in `agents` (named by `agent_names`).
     """
     word = word_fn(vocab)
     renderers = dict(renderers or {})
@@ -402,14 +458,19 @@ def page_data(result: Mapping, vocab: Any = None, renderers: Mapping[str, Render
         heads = result.get("heads") or [{"name": "action"}]
         action_names = {heads[0]["name"]: list(action_names)}
     action_names = dict(action_names or {})
+    if result["episodes"] and all("world" in ep and "agent" in ep for ep in result["episodes"]):
+        episodes = _team_episodes(result, word, renderers, action_names, top_show, decoders, agent_names)
+        return _clean({"title": title, "meta": dict(meta or {}), "context": result.get("context", 0),
+                       "horizon": result.get("horizon"), "observed": result.get("observed"), "episodes": episodes})
     episodes = []
     for e, ep in enumerate(result["episodes"]):
         n = int(ep["length"])
         modes = {}
         if "open" in ep:
-            modes["open"] = [_step(result, ep, t, "open", word, renderers, action_names, top_show) for t in range(n)]
+            modes["open"] = [_step(result, ep, t, "open", word, renderers, action_names, top_show, decoders)
+                             for t in range(n)]
         if "dream" in ep and n > result["context"]:
-            modes["dream"] = [_step(result, ep, t, "dream", word, renderers, action_names, top_show)
+            modes["dream"] = [_step(result, ep, t, "dream", word, renderers, action_names, top_show, decoders)
                               for t in range(result["context"], n)]
         if not modes:
             modes["truth"] = [_step(result, ep, t, "truth", word, renderers, action_names, top_show)
@@ -454,6 +515,10 @@ table{border-collapse:collapse;font-size:13px} td,th{border:1px solid #ddd;paddi
 #strip img.observed{border-color:#3c9a50} #strip img.imagined{border-color:#e08a28}
 #strip img.dream{border-color:#4670dc} #strip img.current{outline:3px solid #111}
 .svg svg{max-width:100%;height:auto} .empty{color:#999}
+#agents{display:flex;gap:10px;flex-wrap:wrap} .agent-card{flex:1 1 300px;border:1px solid #ddd;border-radius:6px;
+padding:6px 10px;background:#fff} .agent-card h3{font-size:14px;margin:2px 0 4px} .agent-card .svg{margin-top:6px}
+#svg svg{max-width:680px} .agent-card svg{max-width:420px}
+.caption{font-size:12px;color:#555}
 """
 
 _JS = r"""
@@ -504,7 +569,25 @@ _JS = r"""
     $('top').innerHTML = s.tokens.map((tk) => tk.top.map((p) => '<tr><td>' + esc(tk.key) + '[' + p.pos +
       '] true <b>' + esc(p.true) + '</b></td>' + p.cands.map((c) => '<td class="words">' + esc(c[0]) + ' ' +
       num(c[1], 2) + '</td>').join('') + '</tr>').join('')).join('');
-    $('scalars').innerHTML = '<tr><th></th><th>true</th><th>predicted</th></tr>' +
+    const ag = s.agents || [];
+    $('agents-panel').style.display = ag.length ? '' : 'none';
+    $('agents').innerHTML = ag.map((a) => {
+      const words = (a.tokens || []).map((tk) => '<div>true tokens: <span class="words true-words">' + esc(tk.true) +
+        '</span></div><div>predicted (argmax): <span class="words pred-words">' + esc(tk.pred === null ? '' : tk.pred) +
+        '</span></div>').join('');
+      const drawn = (a.decoded || []).map((d) => '<div class="svg"><div class="caption">decoded from ' + esc(a.name) +
+        "'s latent (" + esc(d.key) + ')</div>' + d.svg + '</div>').join('');
+      return '<div class="agent-card" data-agent="' + esc(a.name) + '"><h3>' + esc(a.name) + '</h3>' +
+        '<div>action: <span class="act">' + esc(a.action) + '</span>' +
+        (a.dream_action ? ' | dream: <span class="dream-act">' + esc(a.dream_action) + '</span>' : '') + '</div>' +
+        words + '<div>reward ' + num(a.reward[0]) + ' (predicted ' + num(a.reward[1]) + ') · continue ' +
+        num(a.cont[0], 0) + ' (' + num(a.cont[1]) + ') · value ' + num(a.value) + '</div>' + drawn + '</div>';
+    }).join('');
+    $('scalars').innerHTML = ag.length ? '<tr><th>agent</th><th>reward</th><th>predicted</th><th>continue</th>' +
+      '<th>predicted</th><th>value (critic)</th></tr>' + ag.map((a) => '<tr><td>' + esc(a.name) + '</td><td>' +
+      num(a.reward[0]) + '</td><td>' + num(a.reward[1]) + '</td><td>' + num(a.cont[0], 0) + '</td><td>' +
+      num(a.cont[1]) + '</td><td>' + num(a.value) + '</td></tr>').join('') :
+      '<tr><th></th><th>true</th><th>predicted</th></tr>' +
       '<tr><td>reward</td><td>' + num(s.reward[0]) + '</td><td>' + num(s.reward[1]) + '</td></tr>' +
       '<tr><td>continue</td><td>' + num(s.cont[0], 0) + '</td><td>' + num(s.cont[1]) + '</td></tr>' +
       '<tr><td>value (critic)</td><td></td><td>' + num(s.value) + '</td></tr>' +
@@ -514,8 +597,11 @@ _JS = r"""
     const logs = Object.entries(s.log || {}).map((kv) => kv[0] + ': ' + kv[1]);
     if (s.messages) logs.push(...s.messages);
     $('log').textContent = logs.join('\n');
-    $('svg').innerHTML = s.svg || '';
-    $('svg-panel').style.display = s.svg ? '' : 'none';
+    const dec = ag.length ? [] : (s.decoded || []);
+    const cap = dec.length || ag.length ? '<div class="caption">true state</div>' : '';
+    $('svg').innerHTML = (s.svg ? cap + s.svg : '') +
+      dec.map((d) => '<div class="caption">decoded from the latent (' + esc(d.key) + ')</div>' + d.svg).join('');
+    $('svg-panel').style.display = s.svg || dec.length ? '' : 'none';
     Array.from($('strip').children).forEach((img, k) => img.classList.toggle('current', k === st.t));
   }
   function play(on) {
@@ -585,6 +671,7 @@ def render_html(data: Mapping[str, Any]) -> str:
 <div class="panel"><table id="scalars"></table><div>action: <span id="action"></span></div>
  <pre id="log"></pre></div>
 <div class="panel svg" id="svg-panel"><div id="svg"></div></div>
+<div class="panel" id="agents-panel"><div id="agents"></div></div>
 <h2>Open-loop prediction error by horizon</h2>
 {_horizon_html(data.get('horizon'), data.get('observed'))}
 <script id="lwm-data" type="application/json">{payload}</script>
@@ -605,15 +692,34 @@ def visualize(agent, params, envs: Sequence, out: str | Path, *, context: int | 
               action_names: Mapping[str, Sequence[str]] | Sequence[str] | None = None, gif: str | Path | None = None,
               mp4: str | Path | None = None, title: str = "lwm imagination report",
               meta: Mapping[str, Any] | None = None, max_steps: int = 500, imagination: Imagination | None = None,
-              greedy: bool = False) -> dict:
+              greedy: bool = False, decoders: Mapping[str, Drawer] | None = None,
+              world_svg: Callable[[Any], Sequence[str]] | None = None, agent_names: Sequence[str] | None = None
+              ) -> dict:
     """Collects one episode per environment in `envs`, imagines, writes the HTML page to `out` (and a GIF / MP4
     of the first episode's open-loop strip). Returns the `Imagination.run` result plus `text` (the error table
-    as text) and the written `paths`."""
+    as text) and the written `paths`.
+
+    `envs` may instead hold one team environment (`lwm.team`): its W worlds are played by the shared-parameter
+    agent (`collect_team_episodes`), every agent's stream is imagined, and the page shows one world per episode
+    with every agent's step; `world_svg(env)` (one SVG per world) draws the true state of each round,
+    `decoders` the model's reconstructions (see `page_data`)."""
     imagination = imagination or Imagination(agent)
-    episodes = collect_episodes(agent, params, envs, seed=seed, greedy=greedy, max_steps=max_steps)
+    if envs and is_team_env(envs[0]):
+        if len(envs) != 1:
+            raise ValueError(f"visualize takes one team environment (it holds its worlds), got {len(envs)}.")
+        episodes = collect_team_episodes(agent, params, envs[0], seed=seed, greedy=greedy, max_steps=max_steps,
+                                         capture=world_svg)
+        for ep in episodes:
+            if world_svg is not None:
+                ep["svg"] = ep.pop("extra")
+        count = {"worlds": int(envs[0].num_worlds), "agents": int(envs[0].num_agents)}
+    else:
+        episodes = collect_episodes(agent, params, envs, seed=seed, greedy=greedy, max_steps=max_steps)
+        count = {"episodes": len(episodes)}
     result = imagination.run(params, episodes, context=context, seed=seed)
-    meta = {**dict(meta or {}), "episodes": len(episodes), "context": result["context"]}
-    write_html(page_data(result, vocab, renderers, action_names, title, meta), out)
+    meta = {**dict(meta or {}), **count, "context": result["context"]}
+    write_html(page_data(result, vocab, renderers, action_names, title, meta, decoders=decoders,
+                         agent_names=agent_names), out)
     paths = {"html": str(out)}
     if gif is not None or mp4 is not None:
         frames = strip_frames(result, 0, "open", renderers)

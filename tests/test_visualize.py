@@ -30,7 +30,7 @@ import pytest
 
 from launch import train
 from launch import visualize as launcher
-from lwm.visualize import encode_gif, encode_png, lzw_encode
+from lwm.visualize import encode_gif, encode_png, lzw_encode, write_mp4
 
 TRAIN = ["--configs", "debug", "tokenchoice", "--env.options.image", "true", "--env.num_envs", "2", "--run.steps",
          "240", "--run.train_fill", "64", "--run.train_ratio", "8", "--batch_length", "8", "--agent.imag.horizon", "5",
@@ -163,7 +163,7 @@ def run(tmp_path_factory):
     train.main([*TRAIN, "--logdir", str(logdir)])
     out = root / "report.html"
     summary = launcher.main(["--logdir", str(logdir), "--episodes", "2", "--context", "1", "--out", str(out),
-                             "--gif", str(root / "strip.gif")])
+                             "--gif", str(root / "strip.gif"), "--mp4", str(root / "strip.mp4")])
     return {"root": root, "logdir": logdir, "out": out, "summary": summary}
 
 
@@ -187,6 +187,50 @@ def test_report_holds_open_loop_numbers(run, capsys):
     assert "image_mse" in result["text"]
     frames = read_gif((run["root"] / "strip.gif").read_bytes())
     assert len(frames) == 4
+
+
+# ---------------------------------------------------------------------------------------------------- MP4
+def mp4_boxes(data: bytes) -> list[str]:
+    """The top-level box types of an MP4 file (each box: 32-bit size, 4-character type)."""
+    boxes, i = [], 0
+    while i + 8 <= len(data):
+        size, kind = struct.unpack(">I4s", data[i:i + 8])
+        if size == 1:
+            size = struct.unpack(">Q", data[i + 8:i + 16])[0]
+        elif size == 0:
+            size = len(data) - i
+        assert size >= 8, (kind, size)
+        boxes.append(kind.decode("latin-1"))
+        i += size
+    assert i == len(data), "boxes do not tile the file"
+    return boxes
+
+
+def test_mp4_export(run, tmp_path):
+    """The launcher's --mp4 strip (and write_mp4 on frames of odd size) is a valid MP4 where ffmpeg is installed."""
+    if shutil.which("ffmpeg") is None:
+        if os.environ.get("CI"):
+            pytest.fail("ffmpeg is required in CI (.ci/run installs it with apt-get).")
+        assert not (run["root"] / "strip.mp4").exists()  # skipped with a note, nothing written
+        pytest.skip("ffmpeg is not installed (apt-get install ffmpeg)")
+    data = (run["root"] / "strip.mp4").read_bytes()
+    assert run["summary"]["paths"]["mp4"] == str(run["root"] / "strip.mp4")
+    assert data[4:8] == b"ftyp" and len(data) > 1000
+    boxes = mp4_boxes(data)
+    assert boxes[0] == "ftyp" and "moov" in boxes and "mdat" in boxes
+    rng = np.random.default_rng(0)
+    frames = [rng.integers(0, 256, (37, 51, 3), dtype=np.uint8) for _ in range(6)]  # odd sides: padded to even
+    assert write_mp4(frames, tmp_path / "odd.mp4")
+    odd = (tmp_path / "odd.mp4").read_bytes()
+    assert odd[4:8] == b"ftyp" and len(odd) > 1000 and "moov" in mp4_boxes(odd)
+
+
+def test_mp4_without_ffmpeg_writes_nothing(tmp_path, monkeypatch):
+    import lwm.visualize as vis
+
+    monkeypatch.setattr(vis.shutil, "which", lambda name: None)
+    assert not write_mp4([np.zeros((8, 8, 3), np.uint8)], tmp_path / "none.mp4")
+    assert not (tmp_path / "none.mp4").exists()
 
 
 # -------------------------------------------------------------------------------------------- the browser
@@ -426,3 +470,151 @@ def test_training_writes_a_periodic_report_and_a_tensorboard_image(run):
     strip = images["openloop/strip"]
     picture = read_png(strip["png"])
     assert picture.shape == (strip["height"], strip["width"], 3) and picture.std() > 0
+
+
+# ------------------------------------------------------------------------------------------ defusal team
+TEAM_TRAIN = ["--configs", "defusal_small", "debug", "--env.num_envs", "2", "--run.steps", "150", "--run.train_fill",
+              "48", "--run.train_ratio", "8", "--batch_length", "8", "--agent.imag.horizon", "5",
+              "--run.eval_episodes", "0", "--run.summary_every", "0", "--run.log_every", "30"]
+
+
+def page_json(path: Path) -> dict:
+    page = path.read_text()
+    start = page.index('<script id="lwm-data" type="application/json">') + len(
+        '<script id="lwm-data" type="application/json">')
+    return json.loads(page[start:page.index("</script>", start)])
+
+
+@pytest.fixture(scope="module")
+def team(tmp_path_factory):
+    """A checkpointed debug-sized defusal_small team run and its report (two worlds x three agents)."""
+    import envs
+
+    root = tmp_path_factory.mktemp("team")
+    logdir = root / "run"
+    train.main([*TEAM_TRAIN, "--logdir", str(logdir)])
+    out = root / "team.html"
+    summary = launcher.main(["--logdir", str(logdir), "--episodes", "2", "--context", "1", "--max_steps", "6",
+                             "--out", str(out)])
+    world = envs.make_batched("defusal_small", 1, message_len=1, token_len=48)
+    return {"root": root, "logdir": logdir, "out": out, "summary": summary, "world": world}
+
+
+def test_decoded_vector_reads_like_the_world_state():
+    """read_vector on true observations gives back the state: room, cutters, bomb, known sequence, score, round."""
+    import jax
+
+    from envs.defusal import core, render, scripted
+
+    params = core.Params(max_rounds=12)
+    key = jax.random.key(4)
+    reset, step = (jax.jit(f, static_argnames="params") for f in (core.reset, core.step))
+    obs, state = reset(key, params=params)
+    policy = jax.jit(scripted.TEAMS["heuristic"], static_argnames="params")
+    for _ in range(10):
+        s = jax.tree.map(np.asarray, state)
+        rem = np.asarray(core.remaining_sequence(state))
+        for a in range(params.num_agents):
+            b = render.read_vector(np.asarray(obs["vector"][a]), params)
+            room = int(s.agent_room[a])
+            here = [k for k in range(params.num_bombs) if s.bomb_room[k] == room and s.bomb_status[k] == core.ACTIVE]
+            assert b["me"] == a and b["room"] == room and b["room_p"] == 1.0
+            np.testing.assert_array_equal(b["tools"], core.tools(params)[a])
+            np.testing.assert_array_equal(b["with"], s.agent_room == room)
+            assert b["bomb"] == bool(here) and b["score"] == int(s.score) and b["round"] == int(s.round)
+            if here:
+                k = here[0]
+                assert b["left"] == int(s.bomb_phases[k] - s.bomb_progress[k]) and b["known"] == bool(s.knows[a, k])
+                if b["known"]:
+                    assert b["sequence"] == rem[k].tolist()
+            drawing = render.svg_vector(np.asarray(obs["vector"][a]), params, title="t")
+            assert drawing.startswith("<svg") and 'class="decoded"' in drawing
+            assert drawing.count('class="agent"') == int((s.agent_room == room).sum())
+            assert drawing.count('class="bomb"') == int(bool(here))
+        key, k_pol, k_env = jax.random.split(key, 3)
+        acts, msgs = policy(k_pol, state, params=params)
+        obs, state, _, done, _ = step(k_env, state, acts, msgs, params=params)
+        if bool(done):
+            break
+    with pytest.raises(ValueError, match="43 entries for 3 agents"):
+        render.read_vector(np.zeros(40), params)
+
+
+def test_team_checkpoint_report(team):
+    """Per world and step: the true drawing, every agent's true and predicted words, its decoded drawing
+    (the model's reconstruction of its vector), predicted reward / continue / value and its move and talk."""
+    from envs.defusal import core, render
+
+    world, result = team["world"], team["summary"]["result"]
+    vocab, params = world.vocab, world.params
+    streams = result["episodes"]
+    assert len(streams) == 6 and [(ep["world"], ep["agent"]) for ep in streams] == [(w, a) for w in (0, 1)
+                                                                                    for a in range(3)]
+    for ep in streams:
+        assert (ep["obs"]["agent_id"] == ep["agent"]).all() and ep["is_first"][0] and not ep["is_first"][1:].any()
+        assert ep["open"]["pred"]["vector/value"].shape == (ep["length"], core.vector_size(params))
+    data = page_json(team["out"])
+    assert len(data["episodes"]) == 2 and data["meta"]["worlds"] == 2 and data["meta"]["agents"] == 3
+    said = 0
+    for w, page_ep in enumerate(data["episodes"]):
+        members = streams[3 * w:3 * w + 3]
+        assert page_ep["agents"] == ["alpha", "bravo", "charlie"] and set(page_ep["modes"]) == {"open", "dream"}
+        assert page_ep["length"] == members[0]["length"]
+        for t, step in enumerate(page_ep["modes"]["open"]):
+            assert step["kind"] == ("observed" if t < 1 else "imagined")
+            assert step["svg"].startswith("<svg") and 'class="world"' in step["svg"]
+            assert len(step["agents"]) == 3
+            for a, (card, ep) in enumerate(zip(step["agents"], members, strict=True)):
+                tokens = ep["obs"]["tokens"][t]
+                assert card["tokens"][0]["true"] == vocab.decode(tokens)
+                assert card["tokens"][0]["pred"] == vocab.decode(ep["open"]["pred"]["tokens"][t][:, 0])
+                assert card["decoded"][0]["svg"] == render.svg_vector(ep["open"]["pred"]["vector/value"][t], params)
+                assert card["reward"][1] == pytest.approx(float(ep["open"]["reward"][t]), abs=1e-6)
+                assert card["value"] == pytest.approx(float(ep["open"]["value"][t]), abs=1e-6)
+                move, talk = int(ep["action"]["move"][t]), int(ep["action"]["talk"][t])
+                word = "silence" if talk == 0 else core.MESSAGE_WORDS[talk - 1]
+                assert card["action"] == f"move {move} ({core.ACTION_NAMES[move]}), talk {talk} ({word})"
+                # The message reaches both teammates' next tokens: "<name> says <word>".
+                if talk and t + 1 < page_ep["length"]:
+                    for mate in range(3):
+                        if mate != a:
+                            heard = page_ep["modes"]["open"][t + 1]["agents"][mate]["tokens"][0]["true"]
+                            assert f"{core.AGENT_NAMES[a]} says {word}" in heard, (w, t, a, mate, heard)
+                            said += 1
+        dream = page_ep["modes"]["dream"]
+        assert all(s["kind"] == "dream" and len(s["agents"]) == 3 and s["agents"][0]["dream_action"] for s in dream)
+    assert said > 0, "no message was sent in the report's episodes"
+    page = team["out"].read_text()
+    assert "http://" not in page.replace("http://www.w3.org/2000/svg", "") and "https://" not in page
+
+
+def test_team_page_in_headless_chromium(team, browser):
+    _open(browser, team["out"])
+    assert not _errors(browser)
+    count = lambda css: browser.js(f"return document.querySelectorAll('{css}').length")  # noqa: E731
+    assert count("#svg svg.world") == 1 and count("#agents .agent-card") == 3 and count("#agents svg.decoded") == 3
+    assert count("#svg svg .agent") == 3
+    data = page_json(team["out"])
+    first = data["episodes"][0]["modes"]["open"]
+    names = browser.js("return Array.from(document.querySelectorAll('.agent-card h3')).map(h => h.textContent)")
+    assert names == ["alpha", "bravo", "charlie"]
+    shown = browser.js("return Array.from(document.querySelectorAll('.true-words')).map(s => s.textContent)")
+    assert shown == [card["tokens"][0]["true"] for card in first[0]["agents"]]
+    browser.key("\ue014")  # ArrowRight
+    label = browser.js("return document.getElementById('step-label').textContent")
+    assert label.startswith(f"step 2 / {len(first)}")
+    shown = browser.js("return Array.from(document.querySelectorAll('.true-words')).map(s => s.textContent)")
+    assert shown == [card["tokens"][0]["true"] for card in first[1]["agents"]]
+    assert not _errors(browser)
+
+
+def test_team_checkpoint_with_another_world_is_a_clear_error(team, tmp_path):
+    with pytest.raises(SystemExit, match=r"--env tokenchoice: cannot build it with the run's env.options .*"
+                                         r"trained on defusal_small \(a team world of 3 agents"):
+        launcher.main(["--logdir", str(team["logdir"]), "--env", "tokenchoice", "--out", str(tmp_path / "r.html")])
+    # The full world builds with the run's options but speaks a larger vocabulary (numbers up to 90).
+    with pytest.raises(SystemExit, match=r"--env defusal does not fit the checkpoint, trained on defusal_small: "
+                                         r"observation 'tokens': checkpoint \(48,\) int32 <= 66, --env \(48,\) "
+                                         r"int32 <= 146"):
+        launcher.main(["--logdir", str(team["logdir"]), "--env", "defusal", "--out", str(tmp_path / "r.html")])
+    assert not (tmp_path / "r.html").exists()
