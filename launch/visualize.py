@@ -4,7 +4,8 @@
   --checkpoint PATH     a checkpoint to use instead of the latest of DIR (a logdir, a ckpt/ directory or one
                         step directory such as DIR/ckpt/1200)
   --env NAME            run the episodes in another world (its specs must match the trained one)
-  --episodes N          episodes collected with the trained policy (default 4)
+  --episodes N          episodes collected with the trained policy (default 4; for a team run: worlds, each
+                        played by all its agents)
   --context K           steps the model observes before imagining (default: a quarter of the episode, 1..5)
   --seed S              seed of the episodes and the imagination (default 0)
   --max_steps N         cut episodes after N steps (default 200)
@@ -18,7 +19,8 @@
 The page is one self-contained HTML file (images inline, no network access): a step slider, play button and
 arrow keys; per step the true, predicted and error frames, the true and predicted words (top 5 with
 probabilities), reward, continue, value and actions, observed and imagined steps marked; and the open-loop
-error by horizon, which is also printed.
+error by horizon, which is also printed. For a team run (the defusal world, `lwm.team`) every round shows each
+agent's words, move and talk and predictions, the true room graph and each agent's graph decoded from its latent.
 """
 
 from __future__ import annotations

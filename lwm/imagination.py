@@ -1,6 +1,7 @@
 """Open-loop and free imagination from real episodes: what the world model predicts, step by step.
 
-From episodes collected with the agent's own policy (`collect_episodes`), `Imagination.run` computes in one
+From episodes collected with the agent's own policy (`collect_episodes`; `collect_team_episodes` for a team
+environment, one stream per agent of every world), `Imagination.run` computes in one
 jitted call per (episodes, padded length, context):
 
 * **open loop** — the posterior observes the first K steps (`context`), then the prior alone imagines the
