@@ -15,6 +15,7 @@
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
 
 import jax
@@ -126,7 +127,9 @@ def evaluate(policy: Policy, params: core.Params, key: jax.Array, num_episodes: 
     return {k: np.asarray(v) for k, v in out.items()}
 
 
+@functools.lru_cache(maxsize=32)
 def _runner(policy: Policy, params: core.Params, num_episodes: int) -> Callable[[jax.Array], dict]:
+    """One jitted runner per (team, world, episode count), kept so that repeated evaluations compile once."""
     def episode(key: jax.Array) -> dict[str, jax.Array]:
         k_reset, k_run = jax.random.split(key)
         _, state = core.reset(k_reset, params)
