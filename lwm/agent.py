@@ -72,7 +72,7 @@ class Agent:
         if name not in DTYPES:
             raise ValueError(f"jax.compute_dtype={name!r} is not known; use auto or one of {list(DTYPES)}.")
         self.dtype = DTYPES[name]
-        self.keys = obs_keys(obs_spec, cfg.obs_keys)
+        self.keys = obs_keys(obs_spec, cfg.obs_keys, cfg.enc.grid)
         self.obs_spec = dict(obs_spec)
         self.heads = ac.action_heads(act_spec)
         self.act_spec = act_spec

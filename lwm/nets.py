@@ -283,3 +283,59 @@ class ConvDecoder(nnx.Module):
             if norm is not None:
                 x = jax.nn.silu(norm(x))
         return jax.nn.sigmoid(x.astype(jnp.float32)).reshape(lead + self.shape)
+
+
+class GridEncoder(nnx.Module):
+    """Symbolic grid int [..., H, W, C] (values 0..classes-1) -> one-hot of every channel per cell -> `layers` x
+    (conv k3 -> RMSNorm -> SiLU), spatial size kept -> flat [..., H*W*depth].
+
+    Shared 3x3 filters see every cell the same way, so a rare object anywhere in the view gets the same
+    features: far better than one MLP over the flattened one-hot grid, where a few object cells are a tiny
+    part of a huge input.
+    """
+
+    def __init__(self, shape: tuple[int, int, int], classes: int, depth: int, *, rngs: nnx.Rngs, layers: int = 2,
+                 dtype=jnp.float32):
+        h, w, c = shape
+        self.classes = classes
+        self.convs = nnx.List([])
+        self.norms = nnx.List([])
+        cin = c * classes
+        for _ in range(layers):
+            self.convs.append(Conv(cin, depth, 3, rngs=rngs, bias=False, dtype=dtype))
+            self.norms.append(RMSNorm(depth, dtype=dtype))
+            cin = depth
+        self.out_dim = h * w * depth
+        self.dtype = dtype
+
+    def __call__(self, grid: jax.Array) -> jax.Array:
+        x, lead = _flat_batch(grid, 3)
+        x = jax.nn.one_hot(x.astype(jnp.int32), self.classes, dtype=self.dtype)
+        x = x.reshape(x.shape[:3] + (-1,))
+        for conv, norm in zip(self.convs, self.norms, strict=True):
+            x = jax.nn.silu(norm(conv(x)))
+        return x.reshape(lead + (-1,))
+
+
+class GridDecoder(nnx.Module):
+    """features -> Linear -> [H, W, depth] -> RMSNorm -> SiLU -> `layers - 1` x (conv k3 -> norm -> SiLU) ->
+    conv k3 -> logits [..., H, W, C, classes] (one categorical per cell and channel)."""
+
+    def __init__(self, din: int, shape: tuple[int, int, int], classes: int, depth: int, *, rngs: nnx.Rngs,
+                 layers: int = 2, dtype=jnp.float32):
+        h, w, c = shape
+        self.shape, self.classes, self.depth = shape, classes, depth
+        self.linear = Linear(din, h * w * depth, rngs=rngs, dtype=dtype)
+        self.norm0 = RMSNorm(depth, dtype=dtype)
+        self.convs = nnx.List([Conv(depth, depth, 3, rngs=rngs, bias=False, dtype=dtype) for _ in range(layers - 1)])
+        self.norms = nnx.List([RMSNorm(depth, dtype=dtype) for _ in range(layers - 1)])
+        self.out = Conv(depth, c * classes, 3, rngs=rngs, bias=True, dtype=dtype)
+
+    def __call__(self, feat: jax.Array) -> jax.Array:
+        h, w, c = self.shape
+        x, lead = _flat_batch(feat, 1)
+        x = jax.nn.silu(self.norm0(self.linear(x).reshape((-1, h, w, self.depth))))
+        for conv, norm in zip(self.convs, self.norms, strict=True):
+            x = jax.nn.silu(norm(conv(x)))
+        x = self.out(x).astype(jnp.float32)
+        return x.reshape(lead + (h, w, c, self.classes))

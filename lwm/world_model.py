@@ -22,7 +22,7 @@ import numpy as np
 from flax import nnx
 
 from lwm import dists
-from lwm.nets import MLP, ConvDecoder, ConvEncoder
+from lwm.nets import MLP, ConvDecoder, ConvEncoder, GridDecoder, GridEncoder
 from lwm.rssm import RSSM
 
 
@@ -34,14 +34,25 @@ class ObsKey:
     dtype: str
     classes: int = 0  # vocabulary size for tokens, number of values for onehot
     low: int = 0
+    spatial: bool = False  # a onehot key of shape [H, W, C] (a symbolic grid): conv encoder and decoder
+
+    @property
+    def conv(self) -> bool:
+        return self.kind == "onehot" and self.spatial
 
     @property
     def size(self) -> int:
         return math.prod(self.shape)
 
 
-def obs_keys(obs_spec: Mapping[str, dm_env.specs.Array], pattern: str) -> tuple[ObsKey, ...]:
-    """Classifies the observation keys the model uses (those matching `pattern`, never `log_*`)."""
+def obs_keys(obs_spec: Mapping[str, dm_env.specs.Array], pattern: str, grid: str = "conv") -> tuple[ObsKey, ...]:
+    """Classifies the observation keys the model uses (those matching `pattern`, never `log_*`).
+
+    `grid`: how bounded int observations of shape [H, W, C] (symbolic grids) are encoded and decoded: 'conv'
+    (3x3 convolutions over the cells) or 'mlp' (flattened one-hot, like any other discrete key).
+    """
+    if grid not in ("conv", "mlp"):
+        raise ValueError(f"agent.enc.grid={grid!r} is not known; use 'conv' or 'mlp'.")
     if not isinstance(obs_spec, Mapping):
         raise TypeError(f"The observation spec must be a dict of dm_env specs, got {type(obs_spec).__name__}.")
     regex = re.compile(pattern)
@@ -60,7 +71,8 @@ def obs_keys(obs_spec: Mapping[str, dm_env.specs.Array], pattern: str) -> tuple[
             out.append(ObsKey(name, "tokens", shape, dtype.name, classes=int(np.max(spec.maximum)) + 1))
         elif np.issubdtype(dtype, np.integer) and bounded and int(np.max(spec.maximum) - np.min(spec.minimum)) < 256:
             low = int(np.min(spec.minimum))
-            out.append(ObsKey(name, "onehot", shape, dtype.name, int(np.max(spec.maximum)) - low + 1, low))
+            spatial = grid == "conv" and len(shape) == 3 and min(shape[:2]) >= 3
+            out.append(ObsKey(name, "onehot", shape, dtype.name, int(np.max(spec.maximum)) - low + 1, low, spatial))
         elif np.issubdtype(dtype, np.number) or dtype == np.bool_:
             if len(shape) > 2:
                 raise ValueError(f"Observation {name!r} has shape {shape}: only uint8 [H, W, C] images may have "
@@ -80,14 +92,18 @@ class Encoder(nnx.Module):
         self.keys = keys
         self.cnns = nnx.Dict({k.name: ConvEncoder(k.shape, cnn_depth, rngs=rngs, dtype=dtype)
                               for k in keys if k.kind == "image"})
-        vec_dim = sum(k.size * (k.classes if k.kind == "onehot" else 1) for k in keys if k.kind in ("vector", "onehot"))
+        self.grids = nnx.Dict({k.name: GridEncoder(k.shape, k.classes, 4 * cnn_depth, rngs=rngs, dtype=dtype)
+                               for k in keys if k.conv})
+        vec_dim = sum(k.size * (k.classes if k.kind == "onehot" else 1) for k in keys
+                      if k.kind in ("vector", "onehot") and not k.conv)
         self.vec_mlp = nnx.data(MLP(vec_dim, units, layers, rngs=rngs, dtype=dtype) if vec_dim else None)
         self.tables = nnx.Dict({
             k.name: nnx.Param(jax.random.normal(rngs.params(), (k.classes, token_embed), jnp.float32))
             for k in keys if k.kind == "tokens"})
         self.tok_mlps = nnx.Dict({k.name: MLP(k.size * token_embed, units, max(layers, 1), rngs=rngs, dtype=dtype)
                                   for k in keys if k.kind == "tokens"})
-        self.out_dim = (sum(c.out_dim for c in self.cnns.values()) + (units if vec_dim else 0)
+        self.out_dim = (sum(c.out_dim for c in self.cnns.values()) + sum(g.out_dim for g in self.grids.values())
+                        + (units if vec_dim else 0)
                         + units * len(self.tok_mlps))
         self.dtype = dtype
 
@@ -103,6 +119,8 @@ class Encoder(nnx.Module):
             elif k.kind == "tokens":
                 emb = jnp.take(self.tables[k.name][...], x.astype(jnp.int32), axis=0).astype(self.dtype)
                 parts.append(self.tok_mlps[k.name](emb.reshape(lead + (-1,))))
+            elif k.conv:
+                parts.append(self.grids[k.name](x.astype(jnp.int32) - k.low))
             elif k.kind == "onehot":
                 oh = jax.nn.one_hot(x.astype(jnp.int32) - k.low, k.classes, dtype=self.dtype)
                 vecs.append(oh.reshape(lead + (-1,)))
@@ -121,7 +139,10 @@ class Decoder(nnx.Module):
         self.keys = keys
         self.cnns = nnx.Dict({k.name: ConvDecoder(feat_dim, k.shape, cnn_depth, rngs=rngs, dtype=dtype)
                               for k in keys if k.kind == "image"})
-        vec_out = sum(k.size * (k.classes if k.kind == "onehot" else 1) for k in keys if k.kind in ("vector", "onehot"))
+        self.grids = nnx.Dict({k.name: GridDecoder(feat_dim, k.shape, k.classes, 4 * cnn_depth, rngs=rngs,
+                                                   dtype=dtype) for k in keys if k.conv})
+        vec_out = sum(k.size * (k.classes if k.kind == "onehot" else 1) for k in keys
+                      if k.kind in ("vector", "onehot") and not k.conv)
         self.vec_mlp = nnx.data(MLP(feat_dim, units, layers, out=vec_out, rngs=rngs, dtype=dtype) if vec_out else None)
         self.tok_mlps = nnx.Dict({k.name: MLP(feat_dim, units, layers, out=k.size * k.classes, rngs=rngs, dtype=dtype)
                                   for k in keys if k.kind == "tokens"})
@@ -130,6 +151,7 @@ class Decoder(nnx.Module):
         """Means for images/vectors, logits [..., *shape, classes] for tokens/onehots."""
         lead = feat.shape[:-1]
         out = {name: cnn(feat) for name, cnn in self.cnns.items()}
+        out.update({name: dec(feat) for name, dec in self.grids.items()})
         for name, mlp in self.tok_mlps.items():
             k = next(k for k in self.keys if k.name == name)
             out[name] = mlp(feat).reshape(lead + k.shape + (k.classes,))
@@ -140,7 +162,7 @@ class Decoder(nnx.Module):
                 if k.kind == "vector":
                     out[k.name] = flat[..., i: i + k.size].reshape(lead + k.shape)
                     i += k.size
-                elif k.kind == "onehot":
+                elif k.kind == "onehot" and not k.conv:
                     n = k.size * k.classes
                     out[k.name] = flat[..., i: i + n].reshape(lead + k.shape + (k.classes,))
                     i += n

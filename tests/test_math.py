@@ -405,3 +405,44 @@ def test_rssm_observe_resets_mid_sequence(rssm):
     b, _, _ = rssm.observe(rssm.initial((B,)), actions, other, is_first, k[3])
     np.testing.assert_allclose(np.asarray(a["deter"][:, t0:]), np.asarray(b["deter"][:, t0:]), atol=1e-5)
     assert not np.allclose(np.asarray(a["deter"][:, :t0]), np.asarray(b["deter"][:, :t0]), atol=1e-3)
+
+
+def _grid_spec():
+    import dm_env
+
+    return {
+        "grid": dm_env.specs.BoundedArray((7, 7, 3), np.int32, 0, 10, "grid"),
+        "direction": dm_env.specs.BoundedArray((), np.int32, 0, 3, "direction"),
+        "tokens": dm_env.specs.BoundedArray((1,), np.int32, 0, 20, "tokens"),
+    }
+
+
+def test_symbolic_grids_get_the_conv_encoder_unless_mlp_is_asked():
+    from lwm.world_model import obs_keys
+
+    keys = {k.name: k for k in obs_keys(_grid_spec(), ".*")}
+    assert keys["grid"].kind == "onehot" and keys["grid"].conv and keys["grid"].classes == 11
+    assert keys["direction"].kind == "onehot" and not keys["direction"].conv
+    flat = {k.name: k for k in obs_keys(_grid_spec(), ".*", grid="mlp")}
+    assert flat["grid"].kind == "onehot" and not flat["grid"].conv
+    with pytest.raises(ValueError, match="agent.enc.grid='cnn'"):
+        obs_keys(_grid_spec(), ".*", grid="cnn")
+
+
+def test_grid_encoder_is_translation_equivariant_and_decoder_gives_cell_logits():
+    from lwm.nets import GridDecoder, GridEncoder
+
+    enc = GridEncoder((7, 7, 3), 11, 8, rngs=nnx.Rngs(0))
+    grid = np.ones((7, 7, 3), np.int32)
+    a, b = grid.copy(), grid.copy()
+    a[3, 3, 0] = 6  # one object in the middle
+    b[3, 4, 0] = 6  # the same object one cell to the right
+    fa = np.asarray(enc(jnp.asarray(a)[None, None])).reshape(7, 7, 8)
+    fb = np.asarray(enc(jnp.asarray(b)[None, None])).reshape(7, 7, 8)
+    assert enc.out_dim == 7 * 7 * 8
+    # Where the 5x5 receptive field (two 3x3 convs) stays inside the grid, shifting the input shifts the features.
+    np.testing.assert_allclose(fa[:, 2:4], fb[:, 3:5], atol=1e-5)
+    assert not np.allclose(fa, fb)
+    dec = GridDecoder(16, (7, 7, 3), 11, 8, rngs=nnx.Rngs(1))
+    logits = dec(jnp.zeros((2, 5, 16)))
+    chex.assert_shape(logits, (2, 5, 7, 7, 3, 11))
