@@ -13,6 +13,8 @@ Observation dict:
   at the bottom centre, pointing up. Or ``grid`` int32 [7, 7, 3] (``obs="symbolic"``): minigrid's
   (object, colour, state) codes, row-major (row = distance ahead, last row = the agent's row).
 * ``direction``  int32 scalar in 0..3 (minigrid's compass direction).
+* ``carrying``  int32 [2]: minigrid's (object, colour) codes of the object the agent holds; (0, 0) when it
+  holds nothing (minigrid's view never shows the held object).
 * ``tokens``  int32 [token_len]: the language of this step (see :mod:`envs.stream`); for plain minigrid
   worlds the mission is the task, repeated every ``repeat_every`` steps.
 * ``is_read_step``  bool scalar: True while pre-read hints are streamed; the world is then frozen and
@@ -336,6 +338,9 @@ class GymAdapter(dm_env.Environment):
                 (VIEW, VIEW, 3), np.int32, minimum=0, maximum=max(len(OBJECT_TO_IDX), 6) - 1, name="grid"
             )
         obs_spec["direction"] = specs.BoundedArray((), np.int32, minimum=0, maximum=3, name="direction")
+        obs_spec["carrying"] = specs.BoundedArray(
+            (2,), np.int32, minimum=0, maximum=max(len(OBJECT_TO_IDX), len(COLOR_TO_IDX)) - 1, name="carrying"
+        )
         obs_spec["tokens"] = specs.BoundedArray(
             (token_len,), np.int32, minimum=0, maximum=len(self.vocab) - 1, name="tokens"
         )
@@ -441,6 +446,10 @@ class GymAdapter(dm_env.Environment):
                 "grid": np.ascontiguousarray(raw["image"].transpose(1, 0, 2), dtype=_INT32),
                 "direction": np.array(raw["direction"], dtype=_INT32),
             }
+        if raw is not None:
+            held = getattr(self._env.unwrapped, "carrying", None)
+            obs["carrying"] = (np.array([OBJECT_TO_IDX[held.type], COLOR_TO_IDX[held.color]], dtype=_INT32)
+                               if held is not None else np.zeros(2, _INT32))
         # The world's idle sentences are only asked for when the stream could say one (lazy: building them
         # every step cost more than the rest of the language stream).
         tokens, text, reading = self._stream.next(idle=self._idle_sentences)
