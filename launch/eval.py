@@ -32,6 +32,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from launch.cli import fail, parse_flags, to_int
 from lwm import config as lwm_config
 from lwm.runtime import default_cache_dir, setup_jax
 
@@ -71,67 +72,47 @@ ORDERS = ("introspection", "first_order", "second_order")
 ORDER_LABELS = {"introspection": "introspection", "first_order": "1st order", "second_order": "2nd order"}
 
 
-def _fail(message: str) -> SystemExit:
-    return SystemExit(f"error: {message}")
-
-
 # ----------------------------------------------------------------------------------------------- arguments
 
 
 def parse(argv: Sequence[str]) -> dict[str, Any]:
     """`--flag value` (`--seeds` takes several values); unknown flags and missing values list the flags."""
-    out: dict[str, Any] = {}
-    args = list(argv)
-    i = 0
-    while i < len(args):
-        arg = args[i]
-        name, eq, inline = arg[2:].partition("=") if arg.startswith("--") else ("", "", "")
-        if name not in FLAGS:
-            raise _fail(f"unknown argument {arg!r}; flags: {', '.join('--' + f for f in FLAGS)}.")
-        values = [inline] if eq else []
-        i += 1
-        while not eq and i < len(args) and not args[i].startswith("--"):
-            values.append(args[i])
-            i += 1
-        if not values:
-            raise _fail(f"--{name} needs a value.")
-        if len(values) > 1 and name != "seeds":
-            raise _fail(f"--{name} takes one value, got {values}.")
-        out[name] = values if name == "seeds" else values[0]
-    return out
+    return parse_flags(argv, FLAGS, multi=("seeds",))
 
 
-def _int(text: str, flag: str, low: int) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise _fail(f"--{flag} {text!r} is not an integer (it must be >= {low}).") from None
-    if value < low:
-        raise _fail(f"--{flag} {value} must be >= {low}.")
-    return value
+def agent_rows(mode: str, ours: list, ablated: list, ablation: str, metrics: Sequence[str], seed: int) -> list[dict]:
+    """The two rows every suite starts with: the agent and the same checkpoint under its ablation."""
+    from lwm.evaluate import summarize_episodes
+
+    return [
+        {"name": f"agent ({mode})", "source": "ours", "episodes": len(ours),
+         "metrics": summarize_episodes(ours, metrics, seed=seed)},
+        {"name": f"agent, {ablation} ({mode})", "source": "ours (ablation)", "episodes": len(ablated),
+         "metrics": summarize_episodes(ablated, metrics, seed=seed + 1)},
+    ]
 
 
 def check_args(flags: dict[str, Any]) -> dict[str, Any]:
     """Validated options (before anything is loaded or compiled)."""
     if "logdir" not in flags:
-        raise _fail("--logdir DIR is required (a training run's logdir).")
+        raise fail("--logdir DIR is required (a training run's logdir).")
     suite = flags.get("suite", "all")
     if suite not in SUITES:
-        raise _fail(f"--suite {suite!r} is not known; use one of {', '.join(SUITES)}.")
+        raise fail(f"--suite {suite!r} is not known; use one of {', '.join(SUITES)}.")
     mode = flags.get("mode")
     if mode is not None and mode not in MODES:
-        raise _fail(f"--mode {mode!r} is not known; use one of {', '.join(MODES)}.")
+        raise fail(f"--mode {mode!r} is not known; use one of {', '.join(MODES)}.")
     if "platform" in flags and flags["platform"] not in PLATFORMS:
-        raise _fail(f"--platform {flags['platform']!r} is not known; use one of {', '.join(PLATFORMS)}.")
+        raise fail(f"--platform {flags['platform']!r} is not known; use one of {', '.join(PLATFORMS)}.")
     probes = str(flags.get("probes", "true")).lower()
     if probes not in ("true", "false", "1", "0", "yes", "no"):
-        raise _fail(f"--probes {flags['probes']!r} must be true or false.")
-    seeds = [_int(s, "seeds", 0) for s in flags.get("seeds", ["0"])]
+        raise fail(f"--probes {flags['probes']!r} must be true or false.")
+    seeds = [to_int(s, "seeds", 0) for s in flags.get("seeds", ["0"])]
     if len(set(seeds)) != len(seeds):
-        raise _fail(f"--seeds {seeds} repeats a seed.")
+        raise fail(f"--seeds {seeds} repeats a seed.")
     logdir = Path(flags["logdir"]).expanduser()
     return {"logdir": logdir, "checkpoint": flags.get("checkpoint"), "suite": suite, "mode": mode,
-            "episodes": _int(flags.get("episodes", "100"), "episodes", 1), "seeds": seeds,
+            "episodes": to_int(flags.get("episodes", "100"), "episodes", 1), "seeds": seeds,
             "probes": probes in ("true", "1", "yes"), "platform": flags.get("platform"),
             "out": Path(flags.get("out", logdir / "eval")).expanduser()}
 
@@ -152,9 +133,9 @@ def check_out(out: Path) -> None:
     try:
         out.mkdir(parents=True, exist_ok=True)
     except OSError as e:
-        raise _fail(f"--out {out} cannot be created ({e.strerror or type(e).__name__}).") from None
+        raise fail(f"--out {out} cannot be created ({e.strerror or type(e).__name__}).") from None
     if not out.is_dir() or not os.access(out, os.W_OK):
-        raise _fail(f"--out {out} is not a writable directory.")
+        raise fail(f"--out {out} is not a writable directory.")
 
 
 # --------------------------------------------------------------------------------------------- the run
@@ -175,7 +156,7 @@ def checkpoint_config(source: Path, fallback: Any) -> tuple[Any, Path, int]:
     try:
         meta = dict(manager.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))["meta"])
     except Exception as e:  # noqa: BLE001 - an unreadable checkpoint is reported below
-        raise _fail(f"checkpoint {directory / str(step)} cannot be read ({type(e).__name__}: {e}).") from None
+        raise fail(f"checkpoint {directory / str(step)} cannot be read ({type(e).__name__}: {e}).") from None
     finally:
         manager.close()
     saved = meta.get("config")
@@ -184,7 +165,7 @@ def checkpoint_config(source: Path, fallback: Any) -> tuple[Any, Path, int]:
     try:
         return lwm_config.load().update(saved, where=f"checkpoint {directory / str(step)}"), directory, step
     except lwm_config.ConfigError as e:
-        raise _fail(f"checkpoint {directory / str(step)}: its config does not load ({e}).") from None
+        raise fail(f"checkpoint {directory / str(step)}: its config does not load ({e}).") from None
 
 
 def seeded(config: Any, seed: int, **changes: Any) -> Any:
@@ -289,13 +270,7 @@ def defusal_suite(agent, params, config, opts: dict, random_params) -> dict:
                              greedy)
     print(f"lwm: silenced: {len(silent)} episodes in {time.time() - t0:.1f} s", flush=True)
 
-    summary_seed = seeds[0]
-    rows = [
-        {"name": f"agent ({mode})", "source": "ours", "episodes": len(ours),
-         "metrics": summarize_episodes(ours, TEAM_METRICS, seed=summary_seed)},
-        {"name": f"agent, channel silenced ({mode})", "source": "ours (ablation)", "episodes": len(silent),
-         "metrics": summarize_episodes(silent, TEAM_METRICS, seed=summary_seed + 1)},
-    ]
+    rows = agent_rows(mode, ours, silent, "channel silenced", TEAM_METRICS, seeds[0])
     t0 = time.time()
     base_params = make_worlds(config, 1, seeds[0])[0].params._replace(message_len=4)
     for i, name in enumerate(scripted.TEAMS):
@@ -303,7 +278,7 @@ def defusal_suite(agent, params, config, opts: dict, random_params) -> dict:
                     for seed in seeds]
         eps = [{k: float(v[e]) for k, v in r.items()} for r in per_seed for e in range(episodes)]
         rows.append({"name": name.replace("_", " "), "source": "scripted", "episodes": len(eps),
-                     "metrics": summarize_episodes(eps, TEAM_METRICS, seed=summary_seed + 2 + i)})
+                     "metrics": summarize_episodes(eps, TEAM_METRICS, seed=seeds[0] + 2 + i)})
     print(f"lwm: scripted teams in {time.time() - t0:.1f} s", flush=True)
     full = world == "defusal" and base_params.max_rounds == 30 and base_params.num_bombs == 5
     source = "published" if full else "published (full world; not comparable)"
@@ -394,12 +369,7 @@ def single_suite(kind: str, agent, params, config, opts: dict) -> dict:
                              mode == "greedy")
     print(f"lwm: agent and masked agent: {len(ours) + len(masked)} episodes in {time.time() - t0:.1f} s", flush=True)
     first = seeds[0]
-    rows = [
-        {"name": f"agent ({mode})", "source": "ours", "episodes": len(ours),
-         "metrics": summarize_episodes(ours, metrics, seed=first)},
-        {"name": f"agent, tokens masked ({mode})", "source": "ours (ablation)", "episodes": len(masked),
-         "metrics": summarize_episodes(masked, metrics, seed=first + 1)},
-    ]
+    rows = agent_rows(mode, ours, masked, "tokens masked", metrics, first)
     probe_env = make_worlds(config, 1, first)[0]
     policies = ["random"] + (["oracle"] if hasattr(probe_env, "oracle_action") else [])
     for i, policy in enumerate(policies):
@@ -466,10 +436,10 @@ def main(argv: Sequence[str] | None = None) -> dict:
     own = suite_of(world)
     suites = [own] if opts["suite"] == "all" else [opts["suite"]]
     if own is None:
-        raise _fail(f"checkpoint {directory / str(step)} was trained on world {world!r}, which no suite evaluates; "
+        raise fail(f"checkpoint {directory / str(step)} was trained on world {world!r}, which no suite evaluates; "
                     + "; ".join(f"{s}: {w}" for s, w in SUITE_WORLDS.items()) + ".")
     if suites != [own]:
-        raise _fail(f"--suite {opts['suite']} evaluates {SUITE_WORLDS[opts['suite']]}, but checkpoint "
+        raise fail(f"--suite {opts['suite']} evaluates {SUITE_WORLDS[opts['suite']]}, but checkpoint "
                     f"{directory / str(step)} was trained on world {world!r}; use --suite {own} (or all).")
     check_out(opts["out"])
     cache = config.jax.cache_dir
@@ -484,7 +454,7 @@ def main(argv: Sequence[str] | None = None) -> dict:
     try:
         probe_env = make_worlds(config, 1, opts["seeds"][0])[0]
     except (ValueError, TypeError, ImportError) as e:
-        raise _fail(f"cannot build world {world!r}: {e}") from None
+        raise fail(f"cannot build world {world!r}: {e}") from None
     team = is_team_env(probe_env)
     obs_spec, act_spec = team_specs(probe_env) if team else (probe_env.observation_spec(), probe_env.action_spec())
     probe_env.close()
@@ -492,7 +462,7 @@ def main(argv: Sequence[str] | None = None) -> dict:
     try:
         ts, used = load_into(directory / str(step), agent.init(config.seed), "agent")
     except CheckpointError as e:
-        raise _fail(str(e).replace("--from_checkpoint", "--checkpoint")) from None
+        raise fail(str(e).replace("--from_checkpoint", "--checkpoint")) from None
     print(f"lwm: evaluating {used} ({world}, suite {suites[0]}, {opts['episodes']} episode(s) x seeds "
           f"{opts['seeds']})", flush=True)
     random_params = agent.init(config.seed + 1)["params"] if team and opts["probes"] else None

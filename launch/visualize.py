@@ -30,6 +30,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from launch.cli import fail, parse_flags, to_int
 from lwm import config as lwm_config
 from lwm.runtime import default_cache_dir, setup_jax
 
@@ -38,55 +39,27 @@ FLAGS = ("logdir", "checkpoint", "env", "episodes", "context", "seed", "max_step
 PLATFORMS = ("cpu", "gpu", "tpu")
 
 
-def _fail(message: str) -> SystemExit:
-    return SystemExit(f"error: {message}")
-
-
 def parse(argv: Sequence[str]) -> dict[str, str]:
     """`--flag value` pairs; unknown flags and missing values are errors that list the flags."""
-    out: dict[str, str] = {}
-    args = list(argv)
-    i = 0
-    while i < len(args):
-        arg = args[i]
-        name, eq, inline = arg[2:].partition("=") if arg.startswith("--") else ("", "", "")
-        if name not in FLAGS:
-            raise _fail(f"unknown argument {arg!r}; flags: {', '.join('--' + f for f in FLAGS)}.")
-        if eq:
-            out[name] = inline
-            i += 1
-        elif i + 1 < len(args) and not args[i + 1].startswith("--"):
-            out[name] = args[i + 1]
-            i += 2
-        else:
-            raise _fail(f"--{name} needs a value.")
-    return out
+    return parse_flags(argv, FLAGS)
 
 
 def _int(flags: dict, name: str, default: int | None, low: int) -> int | None:
-    if name not in flags:
-        return default
-    try:
-        value = int(flags[name])
-    except ValueError:
-        raise _fail(f"--{name} {flags[name]!r} is not an integer (it must be >= {low}).") from None
-    if value < low:
-        raise _fail(f"--{name} {value} must be >= {low}.")
-    return value
+    return default if name not in flags else to_int(flags[name], name, low)
 
 
 def check_out(path: Path, flag: str = "--out") -> None:
     """Fails early (before any compilation) when `path` cannot be written."""
     if path.is_dir():
-        raise _fail(f"{flag} {path} is a directory; give a file name such as {path / 'report.html'}.")
+        raise fail(f"{flag} {path} is a directory; give a file name such as {path / 'report.html'}.")
     if not path.parent.is_dir():
-        raise _fail(f"{flag} {path}: the directory {path.parent} does not exist.")
+        raise fail(f"{flag} {path}: the directory {path.parent} does not exist.")
     existed = path.exists()
     try:
         with path.open("a"):
             pass
     except OSError as e:
-        raise _fail(f"{flag} {path} is not writable ({e.strerror or type(e).__name__}).") from None
+        raise fail(f"{flag} {path} is not writable ({e.strerror or type(e).__name__}).") from None
     if not existed:
         path.unlink()
 
@@ -96,25 +69,25 @@ def load_run(logdir: Path, checkpoint: str | None) -> tuple[Any, Path]:
     from lwm.checkpoint import CheckpointError, resolve
 
     if not logdir.exists():
-        raise _fail(f"--logdir {logdir} does not exist; give the --logdir of a training run (launch.train).")
+        raise fail(f"--logdir {logdir} does not exist; give the --logdir of a training run (launch.train).")
     if not logdir.is_dir():
-        raise _fail(f"--logdir {logdir} is not a directory.")
+        raise fail(f"--logdir {logdir} is not a directory.")
     cfg_path = logdir / "config.yaml"
     if not cfg_path.exists():
-        raise _fail(f"--logdir {logdir} holds no config.yaml: it is not a training run's logdir.")
+        raise fail(f"--logdir {logdir} holds no config.yaml: it is not a training run's logdir.")
     try:
         config = lwm_config.load([str(cfg_path)])
     except lwm_config.ConfigError as e:
-        raise _fail(f"{cfg_path}: {e}") from None
+        raise fail(f"{cfg_path}: {e}") from None
     source = Path(checkpoint).expanduser() if checkpoint else logdir
     try:
         directory, step = resolve(source)
     except CheckpointError as e:
-        raise _fail(str(e).replace("--from_checkpoint", "--checkpoint")) from None
+        raise fail(str(e).replace("--from_checkpoint", "--checkpoint")) from None
     if step is None:
         if not complete_steps(directory):
             flag = "--checkpoint" if checkpoint else "--logdir"
-            raise _fail(f"{flag} {source}: no complete checkpoint in {directory}; train first (python -m "
+            raise fail(f"{flag} {source}: no complete checkpoint in {directory}; train first (python -m "
                         "launch.train ... --logdir DIR, checkpoints are on by default) or pass --checkpoint PATH.")
     return config, source
 
@@ -158,7 +131,7 @@ def main(argv: Sequence[str] | None = None) -> dict:
     seed = _int(flags, "seed", 0, 0)
     max_steps = _int(flags, "max_steps", 200, 2)
     if "platform" in flags and flags["platform"] not in PLATFORMS:
-        raise _fail(f"--platform {flags['platform']!r} is not known; use one of {', '.join(PLATFORMS)}.")
+        raise fail(f"--platform {flags['platform']!r} is not known; use one of {', '.join(PLATFORMS)}.")
 
     if "scripted" in flags:
         import envs
@@ -166,12 +139,12 @@ def main(argv: Sequence[str] | None = None) -> dict:
 
         name = flags.get("env", "defusal")
         if not name.startswith("defusal") or name not in envs.names():
-            raise _fail(f"--scripted draws defusal worlds only; --env {name!r} is not one of "
+            raise fail(f"--scripted draws defusal worlds only; --env {name!r} is not one of "
                         f"{', '.join(n for n in envs.names() if n.startswith('defusal'))}.")
         if flags["scripted"] not in defusal_render.TEAMS:
-            raise _fail(f"--scripted {flags['scripted']!r} is not known; use one of {', '.join(defusal_render.TEAMS)}.")
+            raise fail(f"--scripted {flags['scripted']!r} is not known; use one of {', '.join(defusal_render.TEAMS)}.")
         if "out" not in flags:
-            raise _fail("--out FILE.html is required with --scripted.")
+            raise fail("--out FILE.html is required with --scripted.")
         out = Path(flags["out"]).expanduser()
         check_out(out)
         setup_jax(flags.get("platform", "cpu"), "")
@@ -180,7 +153,7 @@ def main(argv: Sequence[str] | None = None) -> dict:
         return {"html": str(out)}
 
     if "logdir" not in flags:
-        raise _fail("--logdir DIR is required (a training run's logdir).")
+        raise fail("--logdir DIR is required (a training run's logdir).")
     logdir = Path(flags["logdir"]).expanduser()
     config, source = load_run(logdir, flags.get("checkpoint"))
     out = Path(flags.get("out", logdir / "report.html")).expanduser()
@@ -193,7 +166,7 @@ def main(argv: Sequence[str] | None = None) -> dict:
         try:
             config = config.update({"env.name": flags["env"]}, where="--env")
         except lwm_config.ConfigError as e:
-            raise _fail(str(e)) from None
+            raise fail(str(e)) from None
     platform = flags.get("platform", config.jax.platform)
     cache = config.jax.cache_dir
     setup_jax(platform, default_cache_dir(str(logdir)) if cache == "auto" else cache)
@@ -210,9 +183,9 @@ def main(argv: Sequence[str] | None = None) -> dict:
         make_env = env_factory(config)
     except (ValueError, TypeError, ImportError) as e:
         if "env" in flags:
-            raise _fail(f"--env {config.env.name}: cannot build it with the run's env.options "
+            raise fail(f"--env {config.env.name}: cannot build it with the run's env.options "
                         f"{dict(config.env.options)} ({e}). {_trained_on(trained, env_factory)}") from None
-        raise _fail(f"cannot build world {config.env.name!r}: {e}") from None
+        raise fail(f"cannot build world {config.env.name!r}: {e}") from None
     first = make_env(20_000)
     team = is_team_env(first)
     worlds = [first] if team else [first] + [make_env(20_000 + i) for i in range(1, episodes)]
@@ -223,7 +196,7 @@ def main(argv: Sequence[str] | None = None) -> dict:
     try:
         ts, used = load_into(source, agent.init(config.seed), "agent")
     except CheckpointError as e:
-        raise _fail(str(e).replace("--from_checkpoint", "--checkpoint")) from None
+        raise fail(str(e).replace("--from_checkpoint", "--checkpoint")) from None
     what = f"{episodes} world(s) x {first.num_agents} agents" if team else f"{episodes} episode(s)"
     print(f"lwm: visualising {used} on {config.env.name} ({what})", flush=True)
     renderers = grid_renderers(spec)
@@ -234,7 +207,7 @@ def main(argv: Sequence[str] | None = None) -> dict:
             title=f"{config.env.name}: imagination of {used.parent.parent.name}/{used.name}",
             meta={"world": config.env.name, "checkpoint": str(used), "seed": seed}, **world_drawings(first))
     except ValueError as e:
-        raise _fail(str(e)) from None
+        raise fail(str(e)) from None
     for world in worlds:
         world.close()
     print("Open-loop error by horizon (steps after the observed context):")
@@ -311,7 +284,7 @@ def check_world(trained: Any, env_factory: Any, name: str, spec: dict, act_spec:
                 problems.append(f"{label} {key!r}: checkpoint {want.get(key, 'absent')}, "
                                 f"--env {got.get(key, 'absent')}")
     if problems:
-        raise _fail(f"--env {name} does not fit the checkpoint, trained on {trained.env.name}: "
+        raise fail(f"--env {name} does not fit the checkpoint, trained on {trained.env.name}: "
                     + "; ".join(problems) + ".")
 
 
