@@ -12,6 +12,7 @@ SIGTERM or Ctrl-C: the current update finishes, a checkpoint is written, exit co
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import sys
@@ -23,8 +24,20 @@ from lwm import config as lwm_config
 from lwm.runtime import default_cache_dir, setup_jax
 
 
+def _make_env(name: str, options: dict, mask_tokens: bool, num_envs: int, base_seed: int | None, index: int):
+    """Environment `index` of the configured world (module level, so that env worker processes can unpickle it)."""
+    import envs
+
+    extra = {"seed": base_seed * 100_003 + index} if base_seed is not None else {}
+    if envs.has_batched(name):  # team worlds: one batch of env.num_envs worlds (see lwm.team)
+        return envs.make_batched(name, num_envs, mask_tokens=mask_tokens, **options, **extra)
+    return envs.make(name, mask_tokens=mask_tokens, **options, **extra)
+
+
 def env_factory(config):
-    """`make_env(index)` for the configured world; each environment gets its own seed where it takes one."""
+    """`make_env(index)` for the configured world; each environment gets its own seed where it takes one.
+
+    It is a `functools.partial` of a module-level function, so it pickles (for `env.workers` > 0)."""
     import envs
 
     name = config.env.name
@@ -33,16 +46,19 @@ def env_factory(config):
     options = dict(config.env.options)
     takes_seed = "seed" in envs.describe(name)["defaults"]
     base_seed = int(options.pop("seed", config.seed))
-
-    def make_env(index: int):
-        extra = {"seed": base_seed * 100_003 + index} if takes_seed else {}
-        if envs.has_batched(name):  # team worlds: one batch of env.num_envs worlds (see lwm.team)
-            return envs.make_batched(name, config.env.num_envs, mask_tokens=config.env.mask_tokens, **options,
-                                     **extra)
-        return envs.make(name, mask_tokens=config.env.mask_tokens, **options, **extra)
-
+    make_env = functools.partial(_make_env, name, options, bool(config.env.mask_tokens), int(config.env.num_envs),
+                                 base_seed if takes_seed else None)
     make_env(0).close()  # fail fast on bad options, before any compilation
     return make_env
+
+
+def check_env_workers(config) -> None:
+    """`env.workers` > 0 needs host worlds: batched JAX worlds (defusal teams) run in the trainer's process."""
+    import envs
+
+    if config.env.workers and config.env.name in envs.names() and envs.has_batched(config.env.name):
+        raise ValueError(f"env.workers={config.env.workers}: {config.env.name} is a batched JAX world that runs "
+                         "in the trainer's process; use env.workers 0.")
 
 
 def check_logdir(logdir: Path) -> None:
@@ -79,6 +95,7 @@ def main(argv: Sequence[str] | None = None) -> dict:
 
     try:
         check_run_config(config)
+        check_env_workers(config)
         if config.ckpt["from"]:
             resolve(config.ckpt["from"])  # fail fast on a path that does not exist
     except (ValueError, CheckpointError) as e:

@@ -8,6 +8,8 @@ from typing import Any
 import dm_env
 import numpy as np
 
+from lwm.envpool import EnvPool
+
 
 class ObservationError(ValueError):
     """An environment returned an observation that does not match its own spec."""
@@ -48,27 +50,34 @@ class Driver:
     reward, is_first, is_last, is_terminal and whatever `policy` returned as `extra` (stored in replay).
     """
 
-    def __init__(self, envs: Sequence[dm_env.Environment], keys: Sequence[str], name: str = "env"):
+    def __init__(self, envs: Sequence[dm_env.Environment], keys: Sequence[str], name: str = "env",
+                 pool: EnvPool | None = None):
+        """`pool` (optional): an `lwm.envpool.EnvPool` of the same environments that steps them in worker
+        processes; `envs` then only needs its first environment (for the specs)."""
         self.envs = list(envs)
+        self.pool = pool
         self.keys = list(keys)
         self.name = name
         self.spec = self.envs[0].observation_spec()
         self.act_spec = self.envs[0].action_spec()
-        self.timesteps = [None] * len(self.envs)
-        self.returns = np.zeros(len(self.envs))
-        self.lengths = np.zeros(len(self.envs), np.int64)
+        num = len(pool) if pool is not None else len(self.envs)
+        self.timesteps = [None] * num
+        self.returns = np.zeros(num)
+        self.lengths = np.zeros(num, np.int64)
         self.episodes: list[dict] = []  # finished episodes since the last `pop_episodes`
         self.steps = 0
 
-    def _advance(self, i: int, action: Any) -> dm_env.TimeStep:
-        ts = self.timesteps[i]
-        if ts is None or ts.last():
-            ts = self.envs[i].reset()
+    def _advance(self, actions: Mapping[int, Any]) -> None:
+        """Resets (action None, or the episode ended) or steps the environments at the given indices."""
+        actions = {i: None if self.timesteps[i] is None or self.timesteps[i].last() else a
+                   for i, a in actions.items()}
+        if self.pool is not None:
+            steps = self.pool.advance(actions)
         else:
-            ts = self.envs[i].step(action)
-        check_observation(ts.observation, self.spec, f"{self.name}[{i}]")
-        self.timesteps[i] = ts
-        return ts
+            steps = {i: self.envs[i].reset() if a is None else self.envs[i].step(a) for i, a in actions.items()}
+        for i, ts in steps.items():
+            check_observation(ts.observation, self.spec, f"{self.name}[{i}]")
+            self.timesteps[i] = ts
 
     def _env_action(self, actions: Mapping[str, np.ndarray], i: int) -> Any:
         if isinstance(self.act_spec, Mapping):
@@ -77,9 +86,9 @@ class Driver:
 
     def observe(self) -> dict:
         """The current batched step (resetting environments that have not started)."""
-        for i, ts in enumerate(self.timesteps):
-            if ts is None:
-                self._advance(i, None)
+        fresh = {i: None for i, ts in enumerate(self.timesteps) if ts is None}
+        if fresh:
+            self._advance(fresh)
         tss = self.timesteps
         obs = {k: np.stack([np.asarray(ts.observation[k]) for ts in tss]) for k in self.keys}
         return {
@@ -93,7 +102,8 @@ class Driver:
     def step(self, policy: Callable, on_step: Callable[[dict], None] | None = None) -> None:
         """One iteration: act in the current states of all environments, then advance them."""
         current, actions = act(self.observe(), policy, on_step)
-        for i in range(len(self.envs)):
+        num = len(self.timesteps)
+        for i in range(num):
             if current["is_first"][i]:
                 self.returns[i], self.lengths[i] = 0.0, 0
             else:
@@ -102,8 +112,8 @@ class Driver:
             if current["is_last"][i]:
                 self.episodes.append({"return": float(self.returns[i]), "length": int(self.lengths[i]),
                                       "terminated": float(current["is_terminal"][i])})
-            self._advance(i, self._env_action(actions, i))
-        self.steps += len(self.envs)
+        self._advance({i: self._env_action(actions, i) for i in range(num)})
+        self.steps += num
 
     def pop_episodes(self) -> list[dict]:
         out, self.episodes = self.episodes, []

@@ -26,6 +26,7 @@ from lwm import checkpoint as ckpt_lib
 from lwm import parallel
 from lwm.agent import Agent, describe_size
 from lwm.driver import Driver
+from lwm.envpool import EnvPool
 from lwm.logger import Logger, log_positions, mean_metrics, rewind
 from lwm.replay import Replay
 from lwm.team import TeamDriver, evaluate_team, is_team_env, team_specs
@@ -103,6 +104,10 @@ def check_run_config(config) -> None:
     """Range checks of the run/ckpt keys the loop reads; errors name the key, the value and what is allowed."""
     if config.env.num_envs < 1:
         raise ValueError(f"env.num_envs={config.env.num_envs} must be >= 1.")
+    workers = config.env.workers
+    if not isinstance(workers, int) or isinstance(workers, bool) or not 0 <= workers <= config.env.num_envs:
+        raise ValueError(f"env.workers={workers!r} must be an int from 0 (environments in this process) to "
+                         f"env.num_envs={config.env.num_envs} (one worker process per environment).")
     if config.run.nonfinite not in NONFINITE:
         raise ValueError(f"run.nonfinite={config.run.nonfinite!r} is not known; use one of {', '.join(NONFINITE)}.")
     for key in ("run.log_every", "run.summary_every", "run.report_every", "ckpt.every_s", "ckpt.every_updates"):
@@ -144,11 +149,18 @@ def train_loop(config, logdir: str | Path, make_env: Callable[[int], dm_env.Envi
     # env.num_envs worlds; its W·A agents are the streams of policy and replay.
     envs = [make_env(rank * num_envs)]
     team = is_team_env(envs[0])
+    pool = None
     if team:
+        if config.env.workers:
+            raise ValueError(f"env.workers={config.env.workers}: {config.env.name} is a batched JAX world that "
+                             "runs in this process; use env.workers 0.")
         obs_spec, act_spec = team_specs(envs[0])
         num_streams = envs[0].num_worlds * envs[0].num_agents
     else:
-        envs += [make_env(rank * num_envs + i) for i in range(1, num_envs)]
+        if config.env.workers:  # worker processes step their own copies; envs[0] stays for specs and attributes
+            pool = EnvPool(make_env, range(rank * num_envs, (rank + 1) * num_envs), config.env.workers)
+        else:
+            envs += [make_env(rank * num_envs + i) for i in range(1, num_envs)]
         obs_spec, act_spec = envs[0].observation_spec(), envs[0].action_spec()
         num_streams = num_envs
     mesh = parallel.mesh_from_config(config)
@@ -159,7 +171,8 @@ def train_loop(config, logdir: str | Path, make_env: Callable[[int], dm_env.Envi
                      "priority_exponent": config.replay.priority_exponent, "event_frac": config.replay.event_frac}
     replay = Replay(config.replay.capacity, num_streams, T, **replay_kwargs)
     keys = [k.name for k in agent.keys]
-    driver = TeamDriver(envs[0], keys, name=config.env.name) if team else Driver(envs, keys, name=config.env.name)
+    driver = (TeamDriver(envs[0], keys, name=config.env.name) if team
+              else Driver(envs, keys, name=config.env.name, pool=pool))
     act = _policy_fn(agent, num_streams, seed, False, lambda: ts["params"])
     counters = {"env_steps": 0, "updates": 0, "credit": 0.0, "episodes": 0, "skipped": 0}
 
@@ -202,6 +215,7 @@ def train_loop(config, logdir: str | Path, make_env: Callable[[int], dm_env.Envi
     logger = Logger(log_dir, console_every=config.run.log_every)
     print(f"lwm: {config.env.name} | agent {describe_size(agent.param_count())} params | "
           + (f"team: {num_envs} worlds x {driver.A} agents = {num_streams} streams" if team else f"{num_envs} envs")
+          + (f" in {config.env.workers} worker processes" if pool else "")
           + f" | batch {B}x{T} | train_ratio {config.run.train_ratio} | {parallel.describe(mesh)} | "
           f"logdir {logdir}", flush=True)
 
@@ -371,6 +385,8 @@ def train_loop(config, logdir: str | Path, make_env: Callable[[int], dm_env.Envi
             logger.write({"step": driver.steps, "updates": counters["updates"],
                           **{f"eval/{k}": v for k, v in summary["eval"].items()}})
     finally:
+        if pool is not None:
+            pool.close()
         if ckpt is not None:
             ckpt.close()
         logger.close()
