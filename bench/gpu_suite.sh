@@ -16,6 +16,7 @@ PLATFORM="${PLATFORM:-gpu}"  # PLATFORM=cpu TS_SPECS=debug:float32 EXTRA="..." f
 
 step() {  # step NAME SECONDS COMMAND...
   local name="$1" limit="$2"; shift 2
+  if [[ " ${SKIP:-} " == *" $name "* ]]; then echo "=== $name: skipped (SKIP)"; return; fi
   echo "=== $name (limit ${limit}s): $*"
   local t0=$SECONDS
   timeout "$limit" "$@" > "$OUT_DIR/$name.log" 2>&1
