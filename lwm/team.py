@@ -37,12 +37,43 @@ def is_team_env(env: Any) -> bool:
 
 
 def team_specs(env: Any) -> tuple[dict[str, dm_env.specs.Array], Any]:
-    """(observation spec of one stream: the env's per-agent spec plus `agent_id`, per-agent action spec)."""
+    """(observation spec of one stream: the env's per-agent spec plus `agent_id`, per-agent action spec).
+
+    An action of several tokens (an int array [M], e.g. a message of M words) becomes M scalar actions
+    `<key>_0 .. <key>_{M-1}`, one actor head each; `join_actions` puts them back together for the world.
+    """
     obs = dict(env.observation_spec())
     if AGENT_ID in obs:
         raise ValueError(f"team environment {env!r} already has an observation {AGENT_ID!r}; lwm adds that key.")
     obs[AGENT_ID] = dm_env.specs.BoundedArray((), np.int32, 0, max(int(env.num_agents) - 1, 0), name=AGENT_ID)
-    return obs, env.action_spec()
+    act = env.action_spec()
+    if not isinstance(act, Mapping):
+        return obs, act
+    flat: dict[str, Any] = {}
+    for key, s in act.items():
+        if isinstance(s, dm_env.specs.BoundedArray) and len(s.shape) == 1 and s.shape[0] > 1:
+            for i in range(s.shape[0]):
+                name = f"{key}_{i}"
+                if name in act:
+                    raise ValueError(f"team environment {env!r}: action {key!r} of shape {s.shape} would be split "
+                                     f"into {name!r}, which is already an action key.")
+                flat[name] = dm_env.specs.BoundedArray((), s.dtype, np.min(s.minimum), np.max(s.maximum), name=name)
+        else:
+            flat[key] = s
+    return obs, flat
+
+
+def join_actions(actions: Mapping[str, np.ndarray], act_spec: Any) -> dict[str, np.ndarray]:
+    """Inverse of the split in `team_specs`: `<key>_i` arrays [...] -> `<key>` [..., M] for the world's spec."""
+    if not isinstance(act_spec, Mapping):
+        return dict(actions)
+    out = {}
+    for key, s in act_spec.items():
+        if key in actions:
+            out[key] = actions[key]
+        elif len(s.shape) == 1 and all(f"{key}_{i}" in actions for i in range(s.shape[0])):
+            out[key] = np.stack([np.asarray(actions[f"{key}_{i}"]) for i in range(s.shape[0])], -1)
+    return out
 
 
 def stream_index(world: int, agent: int, num_agents: int) -> int:
@@ -138,7 +169,8 @@ class TeamDriver:
         for w in np.flatnonzero(last):
             self.episodes.append({"return": float(self.returns[w]), "length": int(self.lengths[w]),
                                   **{k: float(np.asarray(v)[w]) for k, v in metrics.items()}})
-        self._set(self.env.step({k: from_streams(v, self.W, self.A) for k, v in actions.items()}))
+        joined = join_actions({k: from_streams(v, self.W, self.A) for k, v in actions.items()}, self.env.action_spec())
+        self._set(self.env.step(joined))
         self.steps += self.num_streams
         self.rounds += self.W
 

@@ -124,6 +124,28 @@ def test_talk_becomes_teammates_next_tokens(silence):
     assert env.state.messages_sent[0] == (0 if silence else 1)
 
 
+def test_messages_of_several_words_are_one_head_per_word():
+    env = envs.make_batched("defusal_small", 2, seed=3, **{**SMALL, "message_len": 2})
+    driver = TeamDriver(env, ["tokens", "action_mask", AGENT_ID])
+    assert env.action_spec()["talk"].shape == (2,)
+    assert set(driver.act_spec) == {"move", "talk_0", "talk_1"}
+    assert all(driver.act_spec[k].shape == () for k in driver.act_spec)
+    agent = Agent(driver.spec, driver.act_spec, lwm_config.load(["debug", "defusal_small"]))
+    assert [h.name for h in agent.heads] == ["move", "talk_0", "talk_1"]
+    red, blue = core.message_ids("red")[0], core.message_ids("blue")[0]
+
+    def policy(obs, is_first):
+        talk0, talk1 = np.zeros(6, np.int32), np.zeros(6, np.int32)
+        talk0[stream_index(1, 2, 3)], talk1[stream_index(1, 2, 3)] = red, blue  # world 1, charlie: "red blue"
+        return {"move": np.argmax(obs["action_mask"], -1), "talk_0": talk0, "talk_1": talk1}, {}
+
+    driver.step(policy)
+    tokens = driver.observe()["obs"]["tokens"]
+    for n in range(6):
+        heard = n in (stream_index(1, 0, 3), stream_index(1, 1, 3))
+        assert ("charlie says red blue" in _says(env.vocab, tokens[n])) == heard, (n, _says(env.vocab, tokens[n]))
+
+
 def test_batched_step_matches_single_world():
     params = core.Params(num_rooms=2, num_bombs=1, max_rounds=3, message_len=1)
     w = 5
