@@ -750,7 +750,8 @@ class TrainingReport:
         self.count = 0
 
     def write(self, params, step: int) -> dict:
-        """Collects fresh episodes with `params`, writes the page and the TensorBoard image; returns the result."""
+        """Collects fresh episodes with `params`, writes the page and the TensorBoard images (the frame strip as a PNG,
+        the frames as an animated GIF); returns the result."""
         worlds = [self.make_env(30_000 + i) for i in range(self.episodes)]
         try:
             vocab = getattr(worlds[0], "vocab", None)
@@ -772,5 +773,8 @@ class TrainingReport:
             frames = strip_frames(result, 0, "open")
             if frames:
                 strip = np.concatenate(frames, 0)
-                self.events.images(step, {"openloop/strip": (encode_png(strip), strip.shape[0], strip.shape[1])})
+                h, w = frames[0].shape[:2]
+                # TensorBoard's image dashboard plays an animated GIF: the step-by-step video of the same frames.
+                self.events.images(step, {"openloop/strip": (encode_png(strip), strip.shape[0], strip.shape[1]),
+                                          "openloop/video": (encode_gif(frames), h, w)})
         return result

@@ -470,6 +470,10 @@ def test_training_writes_a_periodic_report_and_a_tensorboard_image(run):
     strip = images["openloop/strip"]
     picture = read_png(strip["png"])
     assert picture.shape == (strip["height"], strip["width"], 3) and picture.std() > 0
+    video = images["openloop/video"]  # an animated GIF: one frame per step of the strip
+    frames = read_gif(video["png"])
+    assert len(frames) >= 2 and frames[0].shape == (video["height"], video["width"])
+    assert video["height"] * len(frames) == strip["height"]
 
 
 # ------------------------------------------------------------------------------------------ defusal team
