@@ -306,7 +306,7 @@ def train_loop(config, logdir: str | Path, make_env: Callable[[int], dm_env.Envi
 
     def report(params, step: int) -> None:
         """The imagination report (`run.report_every`): <logdir>/report.html and a TensorBoard image."""
-        if jax.process_index() != 0 or team:  # the report replays single-agent episodes; not for team worlds
+        if jax.process_index() != 0:
             return
         if not reporter:
             from lwm.visualize import TrainingReport

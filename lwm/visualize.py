@@ -735,7 +735,8 @@ def visualize(agent, params, envs: Sequence, out: str | Path, *, context: int | 
 
 class TrainingReport:
     """The periodic report of a training run: `<logdir>/report.html` rewritten in place (atomically) and the
-    open-loop strip of its first episode as a TensorBoard image (`openloop/strip`, true | predicted | error)."""
+    open-loop strip of its first episode as a TensorBoard image (`openloop/strip`, true | predicted | error).
+    For a team environment the first `episodes` worlds of one fresh batch are played, every agent's stream."""
 
     def __init__(self, agent, make_env: Callable[[int], Any], logdir: str | Path, events: Any = None,
                  episodes: int = 2, seed: int = 0, max_steps: int = 200):
@@ -752,11 +753,18 @@ class TrainingReport:
     def write(self, params, step: int) -> dict:
         """Collects fresh episodes with `params`, writes the page and the TensorBoard images (the frame strip as a PNG,
         the frames as an animated GIF); returns the result."""
-        worlds = [self.make_env(30_000 + i) for i in range(self.episodes)]
+        first = self.make_env(30_000)
+        team = is_team_env(first)  # a team environment holds many worlds: one is enough, its first worlds shown
+        worlds = [first] if team else [first] + [self.make_env(30_000 + i) for i in range(1, self.episodes)]
         try:
-            vocab = getattr(worlds[0], "vocab", None)
-            episodes = collect_episodes(self.agent, params, worlds, seed=self.seed + self.count,
-                                        max_steps=self.max_steps)
+            vocab = getattr(first, "vocab", None)
+            if team:
+                episodes = [ep for ep in collect_team_episodes(self.agent, params, first, seed=self.seed + self.count,
+                                                               max_steps=self.max_steps)
+                            if int(ep["world"]) < self.episodes]
+            else:
+                episodes = collect_episodes(self.agent, params, worlds, seed=self.seed + self.count,
+                                            max_steps=self.max_steps)
         finally:
             for world in worlds:
                 close = getattr(world, "close", None)

@@ -479,7 +479,8 @@ def test_training_writes_a_periodic_report_and_a_tensorboard_image(run):
 # ------------------------------------------------------------------------------------------ defusal team
 TEAM_TRAIN = ["--configs", "defusal_small", "debug", "--env.num_envs", "2", "--run.steps", "150", "--run.train_fill",
               "48", "--run.train_ratio", "8", "--batch_length", "8", "--agent.imag.horizon", "5",
-              "--run.eval_episodes", "0", "--run.summary_every", "0", "--run.log_every", "30"]
+              "--run.eval_episodes", "0", "--run.summary_every", "0", "--run.log_every", "30",
+              "--run.report_every", "1"]
 
 
 def page_json(path: Path) -> dict:
@@ -622,3 +623,12 @@ def test_team_checkpoint_with_another_world_is_a_clear_error(team, tmp_path):
                                          r"int32 <= 146"):
         launcher.main(["--logdir", str(team["logdir"]), "--env", "defusal", "--out", str(tmp_path / "r.html")])
     assert not (tmp_path / "r.html").exists()
+
+
+def test_training_writes_a_periodic_team_report(team):
+    """`run.report_every` works for team runs: the page holds worlds of three agents each."""
+    data = page_json(team["logdir"] / "report.html")
+    assert data["episodes"], "the periodic team report has no episodes"
+    first = data["episodes"][0]
+    steps = first["modes"].get("open") or first["modes"].get("truth")
+    assert steps and len(steps[0]["agents"]) == 3
