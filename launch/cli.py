@@ -45,3 +45,14 @@ def to_int(text: str, flag: str, low: int) -> int:
     if value < low:
         raise fail(f"--{flag} {value} must be >= {low}.")
     return value
+
+
+def arguments(argv: Sequence[str] | None, doc: str | None) -> list[str]:
+    """The command line (`sys.argv[1:]` by default); with none, `-h` or `--help`, prints `doc` and exits 0."""
+    import sys
+
+    args = list(sys.argv[1:] if argv is None else argv)
+    if not args or args[0] in ("-h", "--help"):
+        print(doc)
+        raise SystemExit(0)
+    return args

@@ -26,13 +26,12 @@ from __future__ import annotations
 
 import os
 import shlex
-import sys
 import time
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from launch.cli import fail, parse_flags, to_int
+from launch.cli import arguments, fail, parse_flags, to_int
 from lwm import config as lwm_config
 from lwm.runtime import default_cache_dir, setup_jax
 
@@ -422,10 +421,7 @@ def plots(results: dict, logdir: Path, out: Path, team: bool) -> list[str]:
 
 def main(argv: Sequence[str] | None = None) -> dict:
     """Runs the evaluation; returns the results dict (also written to --out)."""
-    argv = list(sys.argv[1:] if argv is None else argv)
-    if not argv or argv[0] in ("-h", "--help"):
-        print(__doc__)
-        raise SystemExit(0)
+    argv = arguments(argv, __doc__)
     opts = check_args(parse(argv))
     from launch.visualize import load_run
 

@@ -25,12 +25,11 @@ agent's words, move and talk and predictions, the true room graph and each agent
 
 from __future__ import annotations
 
-import sys
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from launch.cli import fail, parse_flags, to_int
+from launch.cli import arguments, fail, parse_flags, to_int
 from lwm import config as lwm_config
 from lwm.runtime import default_cache_dir, setup_jax
 
@@ -121,10 +120,7 @@ def scripted_defusal(env_name: str, team: str, seed: int, out: Path, max_steps: 
 
 
 def main(argv: Sequence[str] | None = None) -> dict:
-    argv = list(sys.argv[1:] if argv is None else argv)
-    if not argv or argv[0] in ("-h", "--help"):
-        print(__doc__)
-        raise SystemExit(0)
+    argv = arguments(argv, __doc__)
     flags = parse(argv)
     episodes = _int(flags, "episodes", 4, 1)
     context = _int(flags, "context", None, 1)

@@ -113,6 +113,7 @@ class TeamDriver:
         self.W, self.A = int(env.num_worlds), int(env.num_agents)
         self.num_streams = self.W * self.A
         self.spec, self.act_spec = team_specs(env)
+        self.env_act_spec = env.action_spec()  # the world's own (joined) action spec
         self.agent_id = np.tile(np.arange(self.A, dtype=np.int32), self.W)
         self.current: dict | None = None
         self.returns = np.zeros(self.W)
@@ -169,7 +170,7 @@ class TeamDriver:
         for w in np.flatnonzero(last):
             self.episodes.append({"return": float(self.returns[w]), "length": int(self.lengths[w]),
                                   **{k: float(np.asarray(v)[w]) for k, v in metrics.items()}})
-        joined = join_actions({k: from_streams(v, self.W, self.A) for k, v in actions.items()}, self.env.action_spec())
+        joined = join_actions({k: from_streams(v, self.W, self.A) for k, v in actions.items()}, self.env_act_spec)
         self._set(self.env.step(joined))
         self.steps += self.num_streams
         self.rounds += self.W
