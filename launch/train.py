@@ -116,7 +116,9 @@ def main(argv: Sequence[str] | None = None) -> dict:
     except (CheckpointError, NonFiniteLoss, parallel.ParallelError) as e:
         raise SystemExit(f"error: {e}") from None
     print(json.dumps(summary, indent=2))
-    print(f"Results: {logdir / 'summary.json'} | metrics: {logdir / 'metrics.jsonl'} | "
+    rank = parallel.jax.process_index()
+    own = logdir if rank == 0 else logdir / f"process_{rank}"
+    print(f"Results: {logdir / 'summary.json'} | metrics: {own / 'metrics.jsonl'} | "
           f"config: {logdir / 'config.yaml'}")
     return summary
 

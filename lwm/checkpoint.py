@@ -2,10 +2,11 @@
 
 A checkpoint is one step directory `<logdir>/ckpt/<env steps>/` written by an orbax `CheckpointManager`:
   state/   the array pytree: the agent's train state (params, optimizer, slow critic, return norm, update
-           step, PRNG key as raw key data) and the policy's PRNG key (orbax, asynchronous where enabled)
+           step, PRNG key as raw key data), global arrays only (orbax, asynchronous where enabled)
   meta/    JSON: loop counters (env steps, updates, train credit, episodes, skipped updates), the resolved
            config, the byte sizes of the log files at save time, the replay size
-  replay/  `replay_p<process>.npz`: the replay buffer of this process, written before `save` returns
+  replay/  what belongs to one process, written before `save` returns: `replay_p<process>.npz` (its replay
+           buffer) and `local_p<process>.npz` (its host-local arrays: the policy's PRNG key)
 Orbax writes everything into `<step>.orbax-checkpoint-tmp*` and renames it only when every part is on disk,
 so a process killed mid-write leaves a temporary directory that the next run deletes and never reads.
 
@@ -17,6 +18,7 @@ takes a live state `like` and places every array with that array's sharding.
 from __future__ import annotations
 
 import dataclasses
+import json
 import logging
 import os
 import shutil
@@ -72,6 +74,18 @@ def to_nested(tree: Any) -> dict:
     return out
 
 
+def _unflatten_names(flat: Mapping[str, Any]) -> dict:
+    """Inverse of `replay.flatten`: `/`-joined names back into a nested dict."""
+    out: dict = {}
+    for name, value in flat.items():
+        node = out
+        *parents, last = name.split("/")
+        for n in parents:
+            node = node.setdefault(n, {})
+        node[last] = value
+    return out
+
+
 def _lookup(nested: Mapping, names: Sequence[str]) -> Any:
     node: Any = nested
     for n in names:
@@ -109,23 +123,43 @@ def _place(value: Any, ref: Any) -> Any:
     return jnp.asarray(np.asarray(value), dtype=ref.dtype)
 
 
-# ---------------------------------------------------------------------------------------------- the replay part
+# ------------------------------------------------------------------------------------ the per-process part
 class _ReplayHandler(ocp.CheckpointHandler):
-    """Writes this process's replay buffer into the checkpoint's (temporary) item directory, synchronously."""
+    """Writes what belongs to this process alone into the checkpoint's (temporary) `replay` item directory,
+    synchronously: its replay buffer (`replay_p<i>.npz`) and its host-local arrays (`local_p<i>.npz`: the
+    policy's PRNG key, which differs between the processes of a multi-host run and so is not a global array)."""
 
     def save(self, directory: epath.Path, args: ReplayArgs) -> None:
-        replay = args.replay
-        replay.save(Path(directory) / f"replay_p{jax.process_index()}.npz")
+        if args.replay is not None:
+            args.replay.save(Path(directory) / f"replay_p{jax.process_index()}.npz")
+        if args.local is not None:
+            arrays = {k: np.asarray(v) for k, v in flatten(to_nested(args.local)).items()}
+            with open(Path(directory) / f"local_p{jax.process_index()}.npz", "wb") as f:
+                np.savez(f, **arrays)
+        if args.local_meta is not None:
+            (Path(directory) / f"meta_p{jax.process_index()}.json").write_text(json.dumps(dict(args.local_meta)))
         delay = float(os.environ.get(_TEST_DELAY_ENV, "0") or 0)
         if delay > 0:
             time.sleep(delay)
 
-    def restore(self, directory: epath.Path, args: ReplayArgs | None = None) -> Replay:
+    def restore(self, directory: epath.Path, args: ReplayArgs | None = None) -> tuple[Replay | None, dict | None,
+                                                                                     dict]:
         kwargs = dict(args.kwargs) if args is not None and args.kwargs else {}
-        path = Path(directory) / f"replay_p{jax.process_index()}.npz"
-        if not path.exists():
-            raise CheckpointError(f"{path} is missing (the replay of process {jax.process_index()}).")
-        return Replay.load(path, **kwargs)
+        i = jax.process_index()
+        replay = None
+        if args is None or args.with_replay:
+            path = Path(directory) / f"replay_p{i}.npz"
+            if not path.exists():
+                raise CheckpointError(f"{path} is missing (the replay of process {i}).")
+            replay = Replay.load(path, **kwargs)
+        local = None
+        path = Path(directory) / f"local_p{i}.npz"
+        if path.exists():
+            with np.load(path) as data:
+                local = {k: data[k] for k in data.files}
+        path = Path(directory) / f"meta_p{i}.json"
+        local_meta = json.loads(path.read_text()) if path.exists() else {}
+        return replay, local, local_meta
 
     def close(self) -> None:
         pass
@@ -134,10 +168,15 @@ class _ReplayHandler(ocp.CheckpointHandler):
 @ocp.args.register_with_handler(_ReplayHandler, for_save=True, for_restore=True)
 @dataclasses.dataclass
 class ReplayArgs(ocp.args.CheckpointArgs):
-    """Save: the `replay` to write. Restore: `kwargs` for `Replay.load` (seed, priority settings)."""
+    """Save: the `replay`, the host-`local` pytree and the `local_meta` JSON dict (e.g. this process's log file
+    sizes) to write. Restore: `kwargs` for `Replay.load` (seed, priority settings), and whether to read the
+    replay."""
 
     replay: Any = None
     kwargs: Any = None
+    local: Any = None
+    local_meta: Any = None
+    with_replay: bool = True
 
 
 def _handlers() -> dict[str, ocp.CheckpointHandler]:
@@ -155,6 +194,8 @@ class Restored:
     state: Any
     meta: dict
     replay: Replay | None
+    local: Any = None
+    local_meta: dict = dataclasses.field(default_factory=dict)
 
 
 class Checkpointer:
@@ -177,18 +218,21 @@ class Checkpointer:
     def path(self, step: int) -> Path:
         return self.directory / str(step)
 
-    def save(self, step: int, state: Any, meta: Mapping[str, Any], replay: Replay | None = None) -> bool:
+    def save(self, step: int, state: Any, meta: Mapping[str, Any], replay: Replay | None = None,
+             local: Any = None, local_meta: Mapping[str, Any] | None = None) -> bool:
         """Starts writing checkpoint `step` (the state arrays may finish in the background); False if it exists.
 
-        The replay part is on disk when this returns; the checkpoint counts (is listed by `steps`) once every
-        part is, after the arrays finish.
+        `state` holds global arrays (the same on every process of a multi-host run); `replay`, `local` (a pytree
+        of this process's own arrays) and `local_meta` (a JSON dict) are written per process, and are on disk
+        when this returns; the checkpoint counts (is listed by `steps`) once every part is, after the arrays
+        finish.
         """
         if step in self.manager.all_steps():
             return False
         nested = to_nested(state)
         items = {"state": ocp.args.StandardSave(nested), "meta": ocp.args.JsonSave(dict(meta))}
-        if replay is not None:
-            items["replay"] = ReplayArgs(replay=replay)
+        if replay is not None or local is not None or local_meta is not None:
+            items["replay"] = ReplayArgs(replay=replay, local=local, local_meta=local_meta)
         self.manager.save(step, args=ocp.args.Composite(**items), force=True)
         self.last_saved = step
         return True
@@ -205,21 +249,38 @@ class Checkpointer:
         return dict(self.manager.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))["meta"])
 
     def restore(self, like: Any, step: int | None = None, replay_kwargs: Mapping[str, Any] | None = None,
-                with_replay: bool = True) -> Restored:
-        """Restores checkpoint `step` (default: latest) into the structure and device layout of `like`."""
+                with_replay: bool = True, local_like: Any = None) -> Restored:
+        """Restores checkpoint `step` (default: latest) into the structure and device layout of `like`, and this
+        process's `local` part into the structure of `local_like` (None: not read)."""
         step = self.manager.latest_step() if step is None else step
         if step is None:
             raise CheckpointError(f"No complete checkpoint in {self.directory}.")
-        items: dict[str, Any] = {"state": ocp.args.StandardRestore(_abstract(to_nested(like))),
-                                 "meta": ocp.args.JsonRestore()}
-        if with_replay:
-            items["replay"] = ReplayArgs(kwargs=dict(replay_kwargs or {}))
+        target = to_nested(like)
+        legacy = []  # host-local arrays that checkpoints before the per-process part kept in `state`
+        if local_like is not None:
+            disk = self.manager.item_metadata(step)["state"]
+            disk = getattr(disk, "tree", disk)
+            legacy = [k for k in to_nested(local_like) if k in disk and k not in target]
+            target.update({k: v for k, v in to_nested(local_like).items() if k in legacy})
+        items: dict[str, Any] = {"state": ocp.args.StandardRestore(_abstract(target)), "meta": ocp.args.JsonRestore()}
+        if with_replay or local_like is not None:
+            items["replay"] = ReplayArgs(kwargs=dict(replay_kwargs or {}), with_replay=with_replay)
         out = self.manager.restore(step, args=ocp.args.Composite(**items))
-        state = from_nested(jax.tree.map(_place, out["state"], to_nested(like)), like)
-        return Restored(step, self.path(step), state, dict(out["meta"]), out["replay"] if with_replay else None)
+        arrays = jax.tree.map(_place, out["state"], target)
+        state = from_nested(arrays, like)
+        replay, local, local_meta = out["replay"] if "replay" in items else (None, None, {})
+        if local_like is not None:
+            flat = dict(local or {})
+            flat.update(flatten({k: arrays[k] for k in legacy}))
+            try:
+                local = from_nested(_unflatten_names(flat), local_like)
+            except KeyError as e:
+                raise CheckpointError(f"{self.path(step)} has no process-local {e} for process "
+                                      f"{jax.process_index()}.") from None
+        return Restored(step, self.path(step), state, dict(out["meta"]), replay, local, local_meta)
 
     def restore_latest_good(self, like: Any, config: Any = None, replay_kwargs: Mapping[str, Any] | None = None,
-                            quarantine: str | os.PathLike | None = None) -> Restored | None:
+                            quarantine: str | os.PathLike | None = None, local_like: Any = None) -> Restored | None:
         """The newest checkpoint that restores, or None when there is none.
 
         A checkpoint that fails to read is reported with a warning naming it and moved to `quarantine` (so a
@@ -235,7 +296,7 @@ class Checkpointer:
             if config is not None:
                 check_config(meta.get("config", {}), config, where=str(self.path(step)))
             try:
-                return self.restore(like, step, replay_kwargs)
+                return self.restore(like, step, replay_kwargs, local_like=local_like)
             except Exception as e:  # noqa: BLE001
                 self._reject(step, e, quarantine)
         return None

@@ -32,6 +32,7 @@ from lwm.replay import Replay
 from lwm.team import TeamDriver, evaluate_team, is_team_env, team_specs
 
 NONFINITE = ("stop", "skip")
+SIGNALS = (None, "SIGINT", "SIGTERM")  # codes agreed across processes (a higher code wins)
 
 
 class NonFiniteLoss(FloatingPointError):
@@ -182,19 +183,21 @@ def train_loop(config, logdir: str | Path, make_env: Callable[[int], dm_env.Envi
     if config.ckpt.enabled:
         ckpt = ckpt_lib.Checkpointer(logdir / "ckpt", keep=config.ckpt.keep, async_save=config.ckpt.async_save)
         try:
-            resumed = ckpt.restore_latest_good({"agent": ts, "policy_key": act.state["key"]}, config=config,
-                                               replay_kwargs=replay_kwargs, quarantine=logdir / "ckpt_corrupt")
+            resumed = ckpt.restore_latest_good({"agent": ts}, local_like={"policy_key": act.state["key"]},
+                                               config=config, replay_kwargs=replay_kwargs,
+                                               quarantine=logdir / "ckpt_corrupt")
         except BaseException:
             ckpt.close()
             raise
     if resumed is not None:
-        ts, act.state["key"] = resumed.state["agent"], resumed.state["policy_key"]
+        ts, act.state["key"] = resumed.state["agent"], resumed.local["policy_key"]
         replay = resumed.replay
         counters.update({k: type(v)(resumed.meta[k]) for k, v in counters.items() if k in resumed.meta})
         driver.steps = counters["env_steps"]
         if team:
             driver.rounds = driver.steps // driver.A
-        dropped = rewind(log_dir, resumed.meta.get("logs", {}) if rank == 0 else {})
+        # Each process rewinds its own log files to their sizes at the checkpoint (kept in its part of it).
+        dropped = rewind(log_dir, resumed.local_meta.get("logs", resumed.meta.get("logs", {}) if rank == 0 else {}))
         print(f"lwm: resumed from {resumed.path} (step {driver.steps}, {counters['updates']} updates, replay "
               f"{len(replay)} steps, {counters['episodes']} episodes"
               + (f"; dropped {dropped} metric rows written after it" if dropped else "") + ")", flush=True)
@@ -281,7 +284,8 @@ def train_loop(config, logdir: str | Path, make_env: Callable[[int], dm_env.Envi
         counters["env_steps"] = driver.steps
         meta = {**counters, "replay_size": len(replay), "config": config.to_dict(), "logs": logger.positions(),
                 "time": time.time(), "reason": reason}
-        if ckpt.save(driver.steps, {"agent": ts, "policy_key": act.state["key"]}, meta, replay):
+        if ckpt.save(driver.steps, {"agent": ts}, meta, replay, local={"policy_key": act.state["key"]},
+                     local_meta={"logs": meta["logs"]}):
             last_save["step"] = driver.steps
         last_save["time"], last_save["updates"] = time.time(), counters["updates"]
 
@@ -313,11 +317,36 @@ def train_loop(config, logdir: str | Path, make_env: Callable[[int], dm_env.Envi
             reporter.append(TrainingReport(agent, make_env, logdir, logger.events, seed=config.seed))
         reporter[0].write(params, step)
 
+    # Several processes (multi-host) run this loop in lock step: the same number of env steps and updates, each
+    # update one collective train step, each checkpoint one collective write. Decisions taken from a process's
+    # own clock or signals (save now, stop now) are therefore agreed once per iteration (`parallel.agree_max`):
+    # a SIGTERM on any one host stops every host after the same update, and all of them write the checkpoint.
+    multi = parallel.is_multiprocess()
+    agreed: dict[str, Any] = {"signal": None}
+    train_step = agent.train
+
+    def stopping() -> str | None:
+        return agreed["signal"] if multi else stop.signal
+
+    def agree(local_stop: str | None) -> bool:
+        """Agrees on stop and periodic save across processes; returns whether to save now."""
+        code, due, who = parallel.agree_max([SIGNALS.index(local_stop), int(save_due()),
+                                             (rank + 1) if local_stop else 0])
+        if code and agreed["signal"] is None:
+            agreed["signal"] = SIGNALS[code] if local_stop or not multi else f"{SIGNALS[code]} on process {who - 1}"
+            if not local_stop:
+                print(f"lwm: process {who - 1} received {SIGNALS[code]}: this process stops with it after this "
+                      "update and saves its part of the checkpoint.", flush=True)
+        return bool(due)
+
     interrupted = None
     try:
         with Interrupt() as stop:
-            while driver.steps < config.run.steps and not stop.signal:
+            while driver.steps < config.run.steps and not stopping():
                 driver.step(act, on_step=replay.add)
+                if multi and not agreed.get("started"):  # the policy compiled (first step): line up before collectives
+                    parallel.barrier("lwm_loop_started")
+                    agreed["started"] = True
                 episodes = driver.pop_episodes()
                 finished = [e["return"] for e in episodes]
                 returns += finished
@@ -325,9 +354,13 @@ def train_loop(config, logdir: str | Path, make_env: Callable[[int], dm_env.Envi
                 counters["episodes"] += len(finished)
                 if driver.steps >= config.run.train_fill and replay.ready():
                     counters["credit"] += num_streams * per_step
-                    while counters["credit"] >= 1.0 and not stop.signal:
+                    while counters["credit"] >= 1.0 and not stopping():
                         batch, index = replay.sample(B, classes)
-                        ts, metrics, post = agent.train(ts, agent.shard_batch(batch))
+                        batch = agent.shard_batch(batch)
+                        if multi and train_step is agent.train:  # compile here, then wait for every process
+                            train_step = agent.train.lower(ts, batch).compile()
+                            parallel.barrier("lwm_train_compiled")
+                        ts, metrics, post = train_step(ts, batch)
                         finite = bool(parallel.to_host(metrics.pop("train/finite")))
                         counters["credit"] -= 1.0
                         if not finite:
@@ -346,12 +379,12 @@ def train_loop(config, logdir: str | Path, make_env: Callable[[int], dm_env.Envi
                             print(f"lwm: first update after {first_update_s:.1f} s (environment fill and "
                                   "compilation)", flush=True)
                 log()
-                if save_due():
+                if agree(stop.signal) and not stopping():
                     save("periodic")
                 if config.run.report_every > 0 and time.time() - t_report >= config.run.report_every:
                     report(ts["params"], driver.steps)
                     t_report = time.time()
-            interrupted = stop.signal
+            interrupted = stopping()
             log(force=True)
             save(f"stopped by {interrupted}" if interrupted else "end of run")
             if config.run.report_every > 0 and not interrupted:

@@ -261,6 +261,45 @@ def local_view(tree: Any) -> Any:
     return jax.tree.map(view, tree)
 
 
+def is_multiprocess() -> bool:
+    """Whether this run spans several processes (multi-host): then host-side decisions must be agreed."""
+    return jax.process_count() > 1
+
+
+def agree_max(values: Sequence[int]) -> list[int]:
+    """The element-wise maximum of small non-negative integers over every process: how the processes of a
+    multi-host run agree on host-side decisions (stop now, write a checkpoint now) that each one makes from its
+    own clock and signals. One collective; the values unchanged in a one-process run. Every process must
+    call it at the same point of the program, the same number of times.
+    """
+    mine = np.asarray(values, np.int32).reshape(-1)
+    if jax.process_count() == 1:
+        return mine.tolist()
+    from jax.experimental import multihost_utils
+
+    everyone = np.asarray(multihost_utils.process_allgather(mine)).reshape(jax.process_count(), mine.size)
+    return everyone.max(0).tolist()
+
+
+def barrier(name: str, timeout_s: float = 1800.0) -> None:
+    """Waits until every process of a multi-host run reaches the barrier `name` (no-op with one process).
+
+    Used before the first collective after a long local step (compiling the train step): the processes
+    finish compiling at different times, and XLA:CPU's collectives give a late peer only about 30 s.
+    """
+    if jax.process_count() == 1:
+        return
+    from jax._src import distributed
+
+    client = distributed.global_state.client
+    if client is None:  # joined without jax.distributed (e.g. a TPU runtime): a device-level barrier instead
+        from jax.experimental import multihost_utils
+
+        multihost_utils.sync_global_devices(name)
+        return
+    client.wait_at_barrier(name, int(timeout_s * 1000))
+
+
 def process_seed(seed: int) -> int:
     """A seed for this process's own randomness (environments, replay sampling, acting).
 

@@ -62,7 +62,8 @@ def test_restore_continues_the_exact_update_sequence(setup, tmp_path):
     ts = _updates(agent, agent.init(0), replay, 2)
     policy_key = jax.random.key(11)
     saver = ck.Checkpointer(tmp_path / "ckpt", keep=2, async_save=True)
-    saver.save(160, {"agent": ts, "policy_key": policy_key}, {"env_steps": 160, "config": cfg.to_dict()}, replay)
+    saver.save(160, {"agent": ts}, {"env_steps": 160, "config": cfg.to_dict()}, replay,
+               local={"policy_key": policy_key})
     # Training goes on at once and donates `ts` while the arrays may still be written in the background.
     ts_a = _updates(agent, ts, replay, 3)
     want = jax.device_get(ts_a)
@@ -70,11 +71,12 @@ def test_restore_continues_the_exact_update_sequence(setup, tmp_path):
 
     loader = ck.Checkpointer(tmp_path / "ckpt")
     assert loader.steps() == [160]
-    got = loader.restore_latest_good({"agent": agent.init(1), "policy_key": jax.random.key(0)}, config=cfg,
-                                     replay_kwargs={"priority_frac": 0.5})
+    got = loader.restore_latest_good({"agent": agent.init(1)}, local_like={"policy_key": jax.random.key(0)},
+                                     config=cfg, replay_kwargs={"priority_frac": 0.5})
     loader.close()
     assert got.step == 160 and got.meta["env_steps"] == 160
-    chex.assert_trees_all_equal(jax.random.key_data(got.state["policy_key"]), jax.random.key_data(policy_key))
+    assert {"local_p0.npz", "replay_p0.npz"} <= {p.name for p in (tmp_path / "ckpt" / "160" / "replay").iterdir()}
+    chex.assert_trees_all_equal(jax.random.key_data(got.local["policy_key"]), jax.random.key_data(policy_key))
     assert len(got.replay) == len(replay) and got.replay.pos == replay.pos
     assert got.replay.weight is not None
     ts_b = _updates(agent, got.state["agent"], got.replay, 3)
@@ -87,6 +89,25 @@ def test_restore_continues_the_exact_update_sequence(setup, tmp_path):
 def _tiny_state(seed):
     return {"agent": {"w": jnp.full((3,), float(seed)), "key": jax.random.key(seed)},
             "policy_key": jax.random.key(seed + 1)}
+
+
+def test_local_part_and_checkpoints_that_kept_the_policy_key_in_state(tmp_path):
+    """The policy key is per process (`local`); a checkpoint from before that kept it among the global arrays
+    still resumes, the key read from there."""
+    saver = ck.Checkpointer(tmp_path / "ckpt", async_save=False)
+    saver.save(10, _tiny_state(3), {"env_steps": 10}, _tiny_replay(10))  # the earlier layout
+    saver.save(20, {"agent": _tiny_state(5)["agent"]}, {"env_steps": 20}, local={"policy_key": jax.random.key(6)},
+               local_meta={"logs": {"metrics.jsonl": 123}})
+    like, local_like = {"agent": _tiny_state(0)["agent"]}, {"policy_key": jax.random.key(0)}
+    old = saver.restore(like, 10, local_like=local_like)
+    new = saver.restore(like, 20, with_replay=False, local_like=local_like)
+    saver.close()
+    assert len(old.replay) == len(_tiny_replay(10)) and new.replay is None
+    assert old.local_meta == {} and new.local_meta == {"logs": {"metrics.jsonl": 123}}  # this process's log sizes
+    for got, seed in ((old, 3), (new, 5)):
+        np.testing.assert_array_equal(got.state["agent"]["w"], np.full(3, float(seed)))
+        chex.assert_trees_all_equal(jax.random.key_data(got.local["policy_key"]),
+                                    jax.random.key_data(jax.random.key(seed + 1)))
 
 
 def _tiny_replay(steps):
@@ -277,3 +298,31 @@ def test_tensorboard_events_round_trip_and_rewind(tmp_path):
     assert [json.loads(line)["step"] for line in (tmp_path / "metrics.jsonl").read_text().splitlines()] == [10]
     assert [decode_event(r)["step"] for r in read_records(events)] == [0, 10]
     assert set(log_positions(tmp_path)) == set(at)
+
+
+def test_multiprocess_stop_and_save_follow_the_agreement(monkeypatch, tmp_path):
+    """The loop's multi-host protocol, with the collective replaced: a peer's periodic-save vote makes this process
+    save too, and a SIGTERM on another process stops this one after the same iteration, with a checkpoint."""
+    from lwm import parallel
+
+    calls, barriers = [], []
+
+    def agree_max(values):
+        calls.append(list(values))
+        assert len(values) == 3 and values == [0, 0, 0]  # nothing local: no signal, no save due (every_s 0)
+        return {20: [0, 1, 0], 30: [2, 0, 2]}.get(len(calls), [0, 0, 0])  # call 20: a peer's save; 30: SIGTERM on 1
+
+    monkeypatch.setattr(parallel, "is_multiprocess", lambda: True)
+    monkeypatch.setattr(parallel, "agree_max", agree_max)
+    monkeypatch.setattr(parallel, "barrier", lambda name, timeout_s=0: barriers.append(name))
+    cfg = _cfg(**{"run.steps": 100_000, "run.train_fill": 64, "run.train_ratio": 32.0, "ckpt.every_s": 0,
+                  "ckpt.every_updates": 0, "ckpt.async_save": False})
+    summary = train_loop(cfg, tmp_path, lambda i: envs.make("tokenchoice", num_choices=4, delay=2))
+    assert len(calls) == 30 and barriers == ["lwm_loop_started", "lwm_train_compiled"]
+    assert summary["interrupted"] == "SIGTERM on process 1" and summary["env_steps"] == 30 * N_ENVS
+    assert summary["updates"] > 0
+    loader = ck.Checkpointer(tmp_path / "ckpt")
+    assert loader.steps() == [20 * N_ENVS, 30 * N_ENVS]
+    reasons = [loader.read_meta(s)["reason"] for s in loader.steps()]
+    loader.close()
+    assert reasons == ["periodic", "stopped by SIGTERM on process 1"]

@@ -196,3 +196,47 @@ def test_launcher_bad_input(tmp_path):
     with pytest.raises(SystemExit, match=r"--from_checkpoint .*nowhere: no such directory"):
         train.main(["--configs", "debug", "tokenchoice", "--from_checkpoint", str(tmp_path / "nowhere"),
                     "--logdir", str(tmp_path / "y")])
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(os.environ.get("LWM_TEST_MULTIPROCESS") != "1",
+                    reason="two launcher processes compile the train step at once (minutes on 2 cores); "
+                           "set LWM_TEST_MULTIPROCESS=1 to run")
+def test_two_process_run_stops_together_on_one_sigterm_and_resumes(tmp_path):
+    """A real 2-process (multi-host) run on one machine: SIGTERM to process 1 alone stops both after the same
+    update with one checkpoint holding both processes' parts; rerunning both resumes both from it."""
+    import socket
+
+    logdir = tmp_path / "run"
+
+    def start(name: str) -> list[Run]:
+        with socket.socket() as sock:
+            sock.bind(("localhost", 0))
+            port = sock.getsockname()[1]
+        dist = ["--run.steps", "100000", "--jax.distributed.coordinator", f"localhost:{port}",
+                "--jax.distributed.num_processes", "2"]
+        return [Run(logdir, [*dist, "--jax.distributed.process_id", str(p)], f"{name}{p}") for p in range(2)]
+
+    def stop_one(runs: list[Run]) -> list[str]:
+        runs[1].wait_for(lambda: "first update after" in runs[1].text(), "the first update", timeout=600)
+        time.sleep(1.0)
+        rcs = [runs[1].finish(signal.SIGTERM, timeout=300), runs[0].finish(timeout=300)]
+        texts = [r.text() for r in runs]
+        assert rcs == [0, 0], texts[0][-2000:] + texts[1][-2000:]
+        return texts
+
+    first = stop_one(start("a"))
+    step = int(re.search(r"stopped by SIGTERM on process 1 at step (\d+)", first[0]).group(1))
+    assert f"stopped by SIGTERM at step {step}" in first[1] and "process 1 received SIGTERM" in first[0]
+    assert complete_steps(logdir) == [step]
+    part = logdir / "ckpt" / str(step) / "replay"
+    assert {f"{kind}_p{p}.{ext}" for kind, ext in (("replay", "npz"), ("local", "npz"), ("meta", "json"))
+            for p in range(2)} <= {f.name for f in part.iterdir()}
+    rows_1 = (logdir / "process_1" / "metrics.jsonl").read_text().splitlines()
+
+    second = stop_one(start("b"))
+    for text in second:
+        assert resumed(text)["step"] == step, text[-2000:]
+    rows_1_after = (logdir / "process_1" / "metrics.jsonl").read_text().splitlines()
+    assert rows_1_after[:len(rows_1)] == rows_1  # process 1's own log rows before the checkpoint are kept
+    assert max(complete_steps(logdir)) > step

@@ -324,17 +324,53 @@ def test_initialize_settings(monkeypatch):
         parallel.initialize(explicit, environ={})
 
 
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("localhost", 0))
+        return sock.getsockname()[1]
+
+
+def _agree_worker(process_id: int, port: int) -> dict:
+    """One of two real processes: the barrier and `agree_max`, the loop's multi-host stop/save agreement."""
+    from lwm.runtime import setup_jax
+
+    setup_jax("cpu", "")
+    import jax
+
+    from lwm import parallel
+
+    jax.distributed.initialize(f"localhost:{port}", num_processes=2, process_id=process_id)
+    parallel.barrier("lwm_test_agree")
+    # Process 1 got SIGTERM (code 2) and names itself; process 0's clock says a checkpoint is due.
+    first = parallel.agree_max([2 if process_id == 1 else 0, int(process_id == 0), 2 if process_id == 1 else 0])
+    quiet = parallel.agree_max([0, 0, 0])
+    return {"multi": parallel.is_multiprocess(), "first": first, "quiet": quiet}
+
+
+def test_two_processes_agree_on_stop_and_save(tmp_path):
+    """Two real processes joined by jax.distributed: both see the other's signal and save vote."""
+    port = _free_port()
+    env = {**os.environ, "JAX_PLATFORMS": "cpu"}
+    logs = [tmp_path / f"agree{p}.out" for p in range(2)]
+    procs = [subprocess.Popen([sys.executable, __file__, "agree", str(p), str(port)], cwd=ROOT, env=env,
+                              stdout=out.open("w"), stderr=subprocess.STDOUT) for p, out in enumerate(logs)]
+    for proc, out in zip(procs, logs, strict=True):
+        proc.wait(timeout=300)
+        assert proc.returncode == 0, out.read_text()[-3000:]
+    for out in logs:
+        res = json.loads(out.read_text().strip().splitlines()[-1])
+        assert res == {"multi": True, "first": [2, 1, 2], "quiet": [0, 0, 0]}
+
+
 @pytest.mark.slow
 @pytest.mark.skipif(os.environ.get("LWM_TEST_MULTIPROCESS") != "1",
                     reason="two processes compile the train step at once (minutes on 2 cores); "
                            "set LWM_TEST_MULTIPROCESS=1 to run")
 def test_two_processes_match_one_device(four, tmp_path):
     """Multi-host on one machine: 2 processes x 2 CPU devices, joined by jax.distributed (gloo collectives)."""
-    import socket
-
-    with socket.socket() as sock:
-        sock.bind(("localhost", 0))
-        port = sock.getsockname()[1]
+    port = _free_port()
     env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=2", "JAX_PLATFORMS": "cpu",
            "LWM_JAX_CACHE": os.environ.get("LWM_JAX_CACHE", str(ROOT / ".jax_cache"))}
     # Output to files, not pipes: a process blocked on a full pipe would stall the other at JAX's shutdown barrier.
@@ -358,7 +394,9 @@ def test_two_processes_match_one_device(four, tmp_path):
 
 if __name__ == "__main__":
     sys.path.insert(0, str(ROOT))
-    if sys.argv[1:2] == ["process"]:
+    if sys.argv[1:2] == ["agree"]:
+        print(json.dumps(_agree_worker(int(sys.argv[2]), int(sys.argv[3]))))
+    elif sys.argv[1:2] == ["process"]:
         print(json.dumps(_process_worker(int(sys.argv[2]), int(sys.argv[3]))))
     else:
         print(json.dumps(_worker()))
