@@ -39,6 +39,52 @@ def _unflatten(flat: Mapping[str, np.ndarray]) -> dict:
     return out
 
 
+class SumTree:
+    """Non-negative weights over `n` items in a binary tree of partial sums: setting weights and drawing items
+    with probability proportional to weight both cost O(log n) per item (vectorised over many items), where
+    renormalising a flat weight array costs O(n) per draw (seconds per batch for replays of millions of steps).
+    """
+
+    def __init__(self, n: int):
+        self.n = n
+        self.leaves = 1 << max(1, (n - 1).bit_length())
+        self.depth = self.leaves.bit_length() - 1
+        self.tree = np.zeros(2 * self.leaves, np.float64)
+
+    def total(self) -> float:
+        return float(self.tree[1])
+
+    def set(self, index: np.ndarray, weight: np.ndarray | float) -> None:
+        """Sets the weights of items `index` (any shape; with repeats, the last write wins like numpy's)."""
+        leaf = np.asarray(index, np.int64).reshape(-1) + self.leaves
+        self.tree[leaf] = np.broadcast_to(np.asarray(weight, np.float64), np.shape(index)).reshape(-1)
+        node = np.unique(leaf >> 1)  # sorted, so each level's repeated parents are adjacent
+        for level in range(self.depth):
+            self.tree[node] = self.tree[2 * node] + self.tree[2 * node + 1]
+            if level + 1 < self.depth:
+                node = node >> 1
+                node = node[np.concatenate(([True], node[1:] != node[:-1]))]
+
+    def rebuild(self, weights: np.ndarray) -> None:
+        """Sets every weight at once (`weights` [n], flat item order)."""
+        self.tree[:] = 0.0
+        self.tree[self.leaves:self.leaves + self.n] = np.asarray(weights, np.float64).reshape(-1)
+        for level in range(self.depth - 1, -1, -1):
+            lo, hi = 1 << level, 2 << level
+            self.tree[lo:hi] = self.tree[2 * lo:2 * hi:2] + self.tree[2 * lo + 1:2 * hi:2]
+
+    def sample(self, rng: np.random.Generator, k: int) -> np.ndarray:
+        """`k` items drawn with replacement, with probability weight / total (the total must be > 0)."""
+        u = rng.random(k) * self.tree[1]
+        node = np.ones(k, np.int64)
+        for _ in range(self.depth):
+            left = self.tree[2 * node]
+            right = (u >= left) & (self.tree[2 * node + 1] > 0)  # rounding never walks into an empty subtree
+            u = np.where(right, u - left, u)
+            node = 2 * node + right
+        return node - self.leaves
+
+
 class Replay:
     """Stores `capacity` steps in total, split evenly over `num_streams` environment streams."""
 
@@ -73,6 +119,12 @@ class Replay:
         # Event part of each batch: chunks placed around a uniformly drawn step with a non-zero reward or a
         # termination (rare in sparse-reward worlds; the reward and continue heads learn from them).
         self.event_frac = event_frac
+        # Both draws go through sum trees over the flat index stream * per + slot. The oldest slot of every
+        # stream has weight 0 there (it is context only: no chunk can hold it), so every draw lands in a chunk.
+        self._prio_tree = SumTree(num_streams * per) if priority_frac > 0 else None
+        self._event_tree = SumTree(num_streams * per) if event_frac > 0 else None
+        self._slots = np.arange(num_streams, dtype=np.int64) * per
+        self._pending: list[int] = []  # slots written since the trees were last updated
 
     def __len__(self) -> int:
         return self.count * self.streams
@@ -100,8 +152,41 @@ class Replay:
             raise ValueError(f"Replay.add: step lacks keys {sorted(missing)}.")
         if self.weight is not None:
             self.weight[:, self.pos] = self.max_weight
+        if self._prio_tree is not None or self._event_tree is not None:
+            self._pending.append(self.pos)  # the trees catch up at the next draw (one update for many adds)
         self.pos = (self.pos + 1) % self.per
         self.count = min(self.count + 1, self.per)
+
+    def _is_event(self, slots: int | np.ndarray) -> np.ndarray:
+        """float [streams, ...]: 1 where the step at `slots` has a non-zero reward or is terminal."""
+        if "reward" not in self.data or "is_terminal" not in self.data:
+            return np.zeros((self.streams,) + np.shape(slots))
+        return ((self.data["reward"][:, slots] != 0) | self.data["is_terminal"][:, slots]).astype(np.float64)
+
+    def _oldest(self) -> int:
+        return self.pos if self.count == self.per else 0
+
+    def _set_trees(self, written: np.ndarray) -> None:
+        """Sets the tree weights of slots `written` [k] of every stream (priority weights and event flags from
+        the buffer), and 0 for the oldest step of every stream, in one update per tree."""
+        leaves = np.concatenate([(self._slots[:, None] + written[None, :]).reshape(-1), self._slots + self._oldest()])
+        zeros = np.zeros(self.streams)
+        if self._prio_tree is not None:
+            self._prio_tree.set(leaves, np.concatenate([self.weight[:, written].reshape(-1), zeros]))
+        if self._event_tree is not None:
+            self._event_tree.set(leaves, np.concatenate([self._is_event(written).reshape(-1), zeros]))
+
+    def _flush(self) -> None:
+        """Brings the sampling trees up to date with the steps added since the last draw."""
+        if self._pending:
+            written = np.unique(np.asarray(self._pending, np.int64))
+            self._pending.clear()
+            self._set_trees(written)
+
+    def _draw(self, tree: SumTree, k: int) -> tuple[np.ndarray, np.ndarray]:
+        """(streams, chronological step indices >= 1) of `k` steps drawn from `tree`."""
+        stream, slot = np.divmod(tree.sample(self.rng, k), self.per)
+        return stream, (slot - self._oldest()) % self.per
 
     def ready(self) -> bool:
         return self.count >= self.length + 1
@@ -111,27 +196,19 @@ class Replay:
         if not self.ready():
             raise RuntimeError(f"Replay holds {self.count} steps per stream; sampling needs {self.length + 1}.")
         T = self.length
-        oldest = self.pos if self.count == self.per else 0
+        self._flush()
+        oldest = self._oldest()
         streams = self.rng.integers(0, self.streams, batch)
         starts = self.rng.integers(1, self.count - T + 1, batch)  # chronological index of the first step
+        # A drawn step (chronological index >= 1) sits at a uniformly random position of its chunk.
         n_prio = int(round(batch * self.priority_frac)) if self.weight is not None else 0
-        if n_prio:
-            # Chronological steps 1..count-1 can be in a chunk (step 0 of the oldest data is context only).
-            chron = (oldest + np.arange(1, self.count)) % self.per
-            w = self.weight[:, chron].reshape(-1)
-            pick = self.rng.choice(w.size, n_prio, p=w / w.sum()) if w.sum() > 0 else self.rng.integers(0, w.size,
-                                                                                                         n_prio)
-            streams[:n_prio], step = np.divmod(pick, self.count - 1)
-            step = step + 1
+        if n_prio and self._prio_tree.total() > 0:  # the first n_prio rows
+            streams[:n_prio], step = self._draw(self._prio_tree, n_prio)
             starts[:n_prio] = np.clip(step - self.rng.integers(0, T, n_prio), 1, self.count - T)
         n_event = int(round(batch * self.event_frac))
-        if n_event and "reward" in self.data and "is_terminal" in self.data:
-            chron = (oldest + np.arange(1, self.count)) % self.per
-            events = np.flatnonzero((self.data["reward"][:, chron] != 0) | self.data["is_terminal"][:, chron])
-            if events.size:  # the last n_event rows (the first n_prio are the prioritised ones)
-                pick = events[self.rng.integers(0, events.size, n_event)]
-                streams[batch - n_event:], step = np.divmod(pick, self.count - 1)
-                starts[batch - n_event:] = np.clip(step + 1 - self.rng.integers(0, T, n_event), 1, self.count - T)
+        if n_event and self._event_tree.total() > 0:  # the last n_event rows
+            streams[batch - n_event:], step = self._draw(self._event_tree, n_event)
+            starts[batch - n_event:] = np.clip(step - self.rng.integers(0, T, n_event), 1, self.count - T)
         times = (oldest + starts[:, None] - 1 + np.arange(T + 1)[None]) % self.per  # [B, T+1], col 0 = context
         chunk = {k: v[streams[:, None], times] for k, v in self.data.items()}
         out = {}
@@ -160,6 +237,9 @@ class Replay:
         streams, times = index
         w = np.maximum(np.asarray(loss, np.float64), 0.0) ** self.priority_exponent
         self.weight[streams[:, None], times] = w
+        self._flush()
+        leaves = np.concatenate([(self._slots[streams][:, None] + times).reshape(-1), self._slots + self._oldest()])
+        self._prio_tree.set(leaves, np.concatenate([w.reshape(-1), np.zeros(self.streams)]))
         self.max_weight = max(self.max_weight, float(w.max()))
 
     def save(self, path: str | Path) -> None:
@@ -203,4 +283,9 @@ class Replay:
             elif replay.weight is not None:  # saved without priorities: every stored step gets the top weight
                 replay.weight[:, :count] = replay.max_weight
         replay.pos, replay.count = pos, count
+        if replay._prio_tree is not None:
+            replay._prio_tree.rebuild(replay.weight)
+        if replay._event_tree is not None:
+            replay._event_tree.rebuild(replay._is_event(np.arange(per)))
+        replay._set_trees(np.zeros(0, np.int64))  # the oldest steps: 0
         return replay

@@ -376,6 +376,42 @@ def test_replay_event_fraction_replays_rare_rewards_and_terminations():
         Replay(capacity=80, num_streams=N_STREAMS, length=LENGTH, priority_frac=0.6, event_frac=0.5)
 
 
+def test_sum_tree_draws_in_proportion_to_weight():
+    from lwm.replay import SumTree
+
+    tree = SumTree(5)  # 8 leaves, 3 unused
+    tree.set(np.array([0, 1, 2, 3, 4, 2]), np.array([1.0, 0.0, 9.0, 2.0, 4.0, 3.0]))  # repeat: the last write wins
+    assert tree.total() == 10.0
+    draws = tree.sample(np.random.default_rng(0), 200_000)
+    freq = np.bincount(draws, minlength=8) / draws.size
+    np.testing.assert_allclose(freq[:5], [0.1, 0.0, 0.3, 0.2, 0.4], atol=0.005)
+    assert freq[1] == 0 and freq[5:].sum() == 0  # zero-weight and unused items are never drawn
+    again = SumTree(5)
+    again.rebuild(np.array([1.0, 0.0, 3.0, 2.0, 4.0]))
+    np.testing.assert_array_equal(again.tree, tree.tree)
+    big = SumTree(3_000_001)  # one draw costs O(log n): a few vector ops over 22 levels
+    big.set(np.array([3_000_000]), 1.0)
+    assert (big.sample(np.random.default_rng(1), 16) == 3_000_000).all()
+
+
+def test_replay_never_draws_the_oldest_step_and_reloads_its_trees(tmp_path):
+    replay = Replay(capacity=20, num_streams=N_STREAMS, length=LENGTH, seed=6, priority_frac=0.5, event_frac=0.5)
+    for t in range(23):  # 10 per stream kept: t = 13..22; the oldest (13) is context only
+        step = _step(t)
+        step["reward"] = np.zeros(N_STREAMS, np.float32)
+        step["is_terminal"] = np.array([t in (13, 18), False])  # events: the oldest step and t = 18
+        replay.add(step)
+    for _ in range(50):
+        batch, _ = replay.sample(4, CLASSES)
+        assert batch["is_terminal"][2:].any(1).all()  # the event rows hold t = 18 (never the unreachable 13)
+        assert (batch["obs"]["t"][2:] // 1000 == 0).all()
+    path = tmp_path / "replay.npz"
+    replay.save(path)
+    again = Replay.load(path, priority_frac=0.5, event_frac=0.5)
+    np.testing.assert_array_equal(again._prio_tree.tree, replay._prio_tree.tree)
+    np.testing.assert_array_equal(again._event_tree.tree, replay._event_tree.tree)
+
+
 def test_replay_update_latents_writes_back():
     replay = Replay(capacity=40, num_streams=N_STREAMS, length=LENGTH, seed=2)
     for t in range(15):
