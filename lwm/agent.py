@@ -15,7 +15,7 @@ reward/is_first/is_terminal [B, T], and the context before step 0: `start` laten
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import jax
@@ -78,6 +78,7 @@ class Agent:
         self.act_spec = act_spec
         self.mask = ac.parse_mask(cfg.actor.mask, self.obs_spec, self.heads)  # (obs key, head) or None
         self.tx = make_optimizer(cfg.opt)
+        self.rec_scales = check_rec_scales(cfg.rec_scales, self.keys)
         if config.replay.priority_signal not in ("model", "heads"):
             raise ValueError(f"replay.priority_signal={config.replay.priority_signal!r} is not known; "
                              "use 'model' or 'heads'.")
@@ -174,7 +175,8 @@ class Agent:
         wm_losses, post, feat, _ = wm.loss(obs, prev, batch["reward"], batch["is_first"], batch["is_terminal"],
                                            batch["start"], k_obs, cfg.free_nats)
         s = cfg.loss_scales
-        scale = {"reward": s.reward, "cont": s.cont, "dyn": s.dyn, "rep": s.rep}
+        scale = {"reward": s.reward, "cont": s.cont, "dyn": s.dyn, "rep": s.rep,
+                 **{f"rec_{k}": s.rec * float(v) for k, v in self.rec_scales.items()}}
         wm_total = sum(v * scale.get(k, s.rec) for k, v in wm_losses.items())  # [B, T]
 
         # Imagination from every posterior state. It needs no gradients at all (REINFORCE uses the log-probs
@@ -337,6 +339,26 @@ class Agent:
 
     def param_count(self) -> int:
         return int(self.num_params)
+
+
+def check_rec_scales(scales: Any, keys: Sequence[Any]) -> dict[str, float]:
+    """`agent.rec_scales` ({observation key: factor on its reconstruction loss}) checked against the encoded keys."""
+    scales = dict(scales or {})
+    names = [k.name for k in keys]
+    out = {}
+    for name, value in scales.items():
+        if name not in names and value == 1.0:  # neutral: a preset that swaps the grid for pixels sets grid: 1
+            continue
+        if name not in names:
+            raise ValueError(f"agent.rec_scales names {name!r}, which the model does not encode; "
+                             f"encoded keys: {', '.join(names)}.")
+        try:
+            out[name] = float(value)
+        except (TypeError, ValueError):
+            raise ValueError(f"agent.rec_scales.{name}={value!r} must be a number >= 0.") from None
+        if not out[name] >= 0.0:
+            raise ValueError(f"agent.rec_scales.{name}={value!r} must be a number >= 0.")
+    return out
 
 
 def start_indices(B: int, T: int, starts: int, key: jax.Array) -> jax.Array | None:

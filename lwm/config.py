@@ -95,7 +95,7 @@ def _free_form_paths(data: Mapping[str, Any], prefix: str = "") -> set[str]:
 
 
 # Mappings whose keys are not checked here (their consumer validates them).
-FREE_FORM = {"env.options"}
+FREE_FORM = {"env.options", "agent.rec_scales"}
 
 
 def _flatten(data: Mapping[str, Any], prefix: str = "", free_form: set[str] | None = None) -> Iterable:

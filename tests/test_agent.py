@@ -683,3 +683,18 @@ def test_actor_scale_sets_the_actors_learning_rate():
 
     assert moved("actor") == 0.0  # actor_scale 0 freezes the actor ...
     assert moved("critic") > 0.0 and moved("wm") > 0.0  # ... and nothing else
+
+
+def test_rec_scales_are_checked_against_the_encoded_keys():
+    from lwm.agent import check_rec_scales
+    from lwm.world_model import ObsKey
+
+    keys = (ObsKey("grid", "onehot", (7, 7, 3), "int32", 11, 0, True), ObsKey("tokens", "tokens", (1,), "int32", 40))
+    assert check_rec_scales({"grid": 0.1, "tokens": "10"}, keys) == {"grid": 0.1, "tokens": 10.0}
+    assert check_rec_scales({"image": 1.0}, keys) == {}  # neutral on a key the model lacks (a preset for pixels)
+    with pytest.raises(ValueError, match=r"agent.rec_scales names 'image'.*encoded keys: grid, tokens"):
+        check_rec_scales({"image": 0.5}, keys)
+    with pytest.raises(ValueError, match=r"agent.rec_scales.grid=-1.0 must be a number >= 0"):
+        check_rec_scales({"grid": -1.0}, keys)
+    cfg, _ = config.parse_args(["--configs", "grid_task", "--agent.rec_scales.tokens", "3"])
+    assert dict(cfg.agent.rec_scales) == {"grid": 0.1, "tokens": 3.0, "carrying": 10.0}
