@@ -34,7 +34,7 @@ import numpy as np
 import orbax.checkpoint as ocp
 from etils import epath
 
-from lwm.replay import Replay, flatten
+from lwm.replay import Replay, flatten, unflatten
 
 # Keys that may differ between a checkpoint's config and the config of the run that resumes it: how long to
 # run, how often to log or save, where and on what to run. Everything else must match.
@@ -71,18 +71,6 @@ def to_nested(tree: Any) -> dict:
         for n in names[:-1]:
             node = node.setdefault(n, {})
         node[names[-1]] = jax.random.key_data(leaf) if _is_key(leaf) else leaf
-    return out
-
-
-def _unflatten_names(flat: Mapping[str, Any]) -> dict:
-    """Inverse of `replay.flatten`: `/`-joined names back into a nested dict."""
-    out: dict = {}
-    for name, value in flat.items():
-        node = out
-        *parents, last = name.split("/")
-        for n in parents:
-            node = node.setdefault(n, {})
-        node[last] = value
     return out
 
 
@@ -273,7 +261,7 @@ class Checkpointer:
             flat = dict(local or {})
             flat.update(flatten({k: arrays[k] for k in legacy}))
             try:
-                local = from_nested(_unflatten_names(flat), local_like)
+                local = from_nested(unflatten(flat), local_like)
             except KeyError as e:
                 raise CheckpointError(f"{self.path(step)} has no process-local {e} for process "
                                       f"{jax.process_index()}.") from None

@@ -324,6 +324,7 @@ def train_loop(config, logdir: str | Path, make_env: Callable[[int], dm_env.Envi
     multi = parallel.is_multiprocess()
     agreed: dict[str, Any] = {"signal": None}
     train_step = agent.train
+    lined_up = not multi
 
     def stopping() -> str | None:
         return agreed["signal"] if multi else stop.signal
@@ -344,9 +345,9 @@ def train_loop(config, logdir: str | Path, make_env: Callable[[int], dm_env.Envi
         with Interrupt() as stop:
             while driver.steps < config.run.steps and not stopping():
                 driver.step(act, on_step=replay.add)
-                if multi and not agreed.get("started"):  # the policy compiled (first step): line up before collectives
+                if not lined_up:  # the policy compiled (first step): line up before the first collective
                     parallel.barrier("lwm_loop_started")
-                    agreed["started"] = True
+                    lined_up = True
                 episodes = driver.pop_episodes()
                 finished = [e["return"] for e in episodes]
                 returns += finished

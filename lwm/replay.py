@@ -28,7 +28,8 @@ def flatten(tree: Mapping, prefix: str = "") -> dict[str, Any]:
     return out
 
 
-def _unflatten(flat: Mapping[str, np.ndarray]) -> dict:
+def unflatten(flat: Mapping[str, Any]) -> dict:
+    """Inverse of `flatten`: `/`-joined keys back into a nested dict."""
     out: dict = {}
     for key, value in flat.items():
         node = out
@@ -221,7 +222,7 @@ class Replay:
             else:
                 out[key] = value[:, 1:]
         out["start/stoch"] = np.eye(classes, dtype=np.float32)[out["start/stoch"]]
-        return _unflatten(out), (streams, times[:, 1:])
+        return unflatten(out), (streams, times[:, 1:])
 
     def update_latents(self, index: tuple[np.ndarray, np.ndarray], latent: Mapping[str, np.ndarray]) -> None:
         """Writes fresher posteriors [B, T, ...] back to the sampled positions."""
