@@ -17,32 +17,30 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import jax  # noqa: E402
-import jax.numpy as jnp  # noqa: E402
 
 from envs.defusal import core, scripted  # noqa: E402
 
 
 def _make_rollout(params: core.Params, num_worlds: int, rounds: int, with_obs: bool):
-    def one_round(carry, key):
-        state = carry
-        k_act, k_env, k_reset = jax.random.split(key, 3)
+    def one_world(state, key):
+        k_act, k_env = jax.random.split(key)
         acts, msgs = scripted.random_legal(k_act, state, params)
         if with_obs:
-            obs, state, reward, done, _ = core.step(k_env, state, acts, msgs, params)
-            checksum = reward + obs["tokens"][0, 0] + obs["vector"][0, 0]
-        else:
-            state, reward, _ = core.step_state(k_env, state, acts, msgs, params)
-            checksum = reward
-        _, fresh = core.reset(k_reset, params)
-        state = jax.tree.map(lambda f, s: jnp.where(state.done, f, s), fresh, state)
-        return state, checksum
+            obs, state, reward, _, _ = core.step(k_env, state, acts, msgs, params)
+            return state, reward + obs["tokens"][0, 0] + obs["vector"][0, 0]
+        state, reward, _ = core.step_state(k_env, state, acts, msgs, params)
+        return state, reward
+
+    def one_round(states, key):
+        k_worlds, k_reset = jax.random.split(key)
+        states, checksum = jax.vmap(one_world)(states, jax.random.split(k_worlds, num_worlds))
+        # Finished worlds start over: only they are reset (core.reset_where), not every world every round.
+        states = core.reset_where(jax.random.split(k_reset, num_worlds), states, states.done, params)
+        return states, checksum
 
     def rollout(key):
-        keys = jax.random.split(key, num_worlds)
-        _, states = jax.vmap(lambda k: core.reset(k, params))(keys)
-        round_keys = jax.random.split(jax.random.fold_in(key, 1), (rounds, num_worlds))
-        step = jax.vmap(one_round)
-        states, sums = jax.lax.scan(step, states, round_keys)
+        _, states = jax.vmap(lambda k: core.reset(k, params))(jax.random.split(key, num_worlds))
+        states, sums = jax.lax.scan(one_round, states, jax.random.split(jax.random.fold_in(key, 1), rounds))
         return sums.sum()
 
     return jax.jit(rollout)

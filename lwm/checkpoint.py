@@ -38,8 +38,8 @@ from lwm.replay import Replay, flatten, unflatten
 
 # Keys that may differ between a checkpoint's config and the config of the run that resumes it: how long to
 # run, how often to log or save, where and on what to run. Everything else must match.
-RESUME_MAY_CHANGE = ("run.steps", "run.log_every", "run.summary_every", "run.report_every", "run.eval_episodes",
-                     "run.nonfinite", "env.workers", "ckpt.", "jax.")
+RESUME_MAY_CHANGE = ("run.steps", "run.minutes", "run.log_every", "run.summary_every", "run.report_every",
+                     "run.eval_episodes", "run.nonfinite", "env.workers", "ckpt.", "jax.")
 FROM_ONLY = ("agent", "params", "wm")
 # Test hook: seconds to sleep while the replay part of a checkpoint is being written (inside the orbax
 # temporary directory), so a test can kill the process in the middle of a checkpoint write.

@@ -111,7 +111,8 @@ def check_run_config(config) -> None:
                          f"env.num_envs={config.env.num_envs} (one worker process per environment).")
     if config.run.nonfinite not in NONFINITE:
         raise ValueError(f"run.nonfinite={config.run.nonfinite!r} is not known; use one of {', '.join(NONFINITE)}.")
-    for key in ("run.log_every", "run.summary_every", "run.report_every", "ckpt.every_s", "ckpt.every_updates"):
+    for key in ("run.log_every", "run.summary_every", "run.report_every", "run.minutes", "ckpt.every_s",
+                "ckpt.every_updates"):
         section, name = key.split(".")
         if config[section][name] < 0:
             raise ValueError(f"{key}={config[section][name]} must be >= 0 (0 turns it off).")
@@ -322,7 +323,8 @@ def train_loop(config, logdir: str | Path, make_env: Callable[[int], dm_env.Envi
     # own clock or signals (save now, stop now) are therefore agreed once per iteration (`parallel.agree_max`):
     # a SIGTERM on any one host stops every host after the same update, and all of them write the checkpoint.
     multi = parallel.is_multiprocess()
-    agreed: dict[str, Any] = {"signal": None}
+    agreed: dict[str, Any] = {"signal": None, "time_up": False}
+    budget_s = 60.0 * config.run.minutes
     train_step = agent.train
     lined_up = not multi
 
@@ -331,8 +333,10 @@ def train_loop(config, logdir: str | Path, make_env: Callable[[int], dm_env.Envi
 
     def agree(local_stop: str | None) -> bool:
         """Agrees on stop and periodic save across processes; returns whether to save now."""
-        code, due, who = parallel.agree_max([SIGNALS.index(local_stop), int(save_due()),
-                                             (rank + 1) if local_stop else 0])
+        time_up = budget_s > 0 and time.time() - t_start >= budget_s
+        code, due, who, up = parallel.agree_max([SIGNALS.index(local_stop), int(save_due()),
+                                                 (rank + 1) if local_stop else 0, int(time_up)])
+        agreed["time_up"] = agreed["time_up"] or bool(up)
         if code and agreed["signal"] is None:
             agreed["signal"] = SIGNALS[code] if local_stop or not multi else f"{SIGNALS[code]} on process {who - 1}"
             if not local_stop:
@@ -343,7 +347,7 @@ def train_loop(config, logdir: str | Path, make_env: Callable[[int], dm_env.Envi
     interrupted = None
     try:
         with Interrupt() as stop:
-            while driver.steps < config.run.steps and not stopping():
+            while driver.steps < config.run.steps and not stopping() and not agreed["time_up"]:
                 driver.step(act, on_step=replay.add)
                 if not lined_up:  # the policy compiled (first step): line up before the first collective
                     parallel.barrier("lwm_loop_started")
@@ -380,7 +384,7 @@ def train_loop(config, logdir: str | Path, make_env: Callable[[int], dm_env.Envi
                             print(f"lwm: first update after {first_update_s:.1f} s (environment fill and "
                                   "compilation)", flush=True)
                 log()
-                if agree(stop.signal) and not stopping():
+                if agree(stop.signal) and not stopping() and not agreed["time_up"]:
                     save("periodic")
                 if config.run.report_every > 0 and time.time() - t_report >= config.run.report_every:
                     report(ts["params"], driver.steps)
@@ -401,6 +405,8 @@ def train_loop(config, logdir: str | Path, make_env: Callable[[int], dm_env.Envi
         }
         if team:
             summary.update({"env_rounds": driver.rounds, "worlds": driver.W, "agents": driver.A})
+        if agreed["time_up"] and not interrupted:
+            summary["stopped"] = f"run.minutes ({config.run.minutes:g}) reached"
         if resumed is not None:
             summary["resumed_from"] = str(resumed.path)
         if ckpt is not None and last_save["step"] is not None:

@@ -309,8 +309,8 @@ def test_multiprocess_stop_and_save_follow_the_agreement(monkeypatch, tmp_path):
 
     def agree_max(values):
         calls.append(list(values))
-        assert len(values) == 3 and values == [0, 0, 0]  # nothing local: no signal, no save due (every_s 0)
-        return {20: [0, 1, 0], 30: [2, 0, 2]}.get(len(calls), [0, 0, 0])  # call 20: a peer's save; 30: SIGTERM on 1
+        assert values == [0, 0, 0, 0]  # nothing local: no signal, no save due (every_s 0), no time budget
+        return {20: [0, 1, 0, 0], 30: [2, 0, 2, 0]}.get(len(calls), [0] * 4)  # call 20: a peer's save; 30: SIGTERM
 
     monkeypatch.setattr(parallel, "is_multiprocess", lambda: True)
     monkeypatch.setattr(parallel, "agree_max", agree_max)
@@ -326,3 +326,36 @@ def test_multiprocess_stop_and_save_follow_the_agreement(monkeypatch, tmp_path):
     reasons = [loader.read_meta(s)["reason"] for s in loader.steps()]
     loader.close()
     assert reasons == ["periodic", "stopped by SIGTERM on process 1"]
+
+
+def test_time_budget_ends_the_run_like_its_last_step(monkeypatch, tmp_path):
+    """`run.minutes`: once the budget is spent (here: a peer's clock, agreed like a stop signal) the run ends as at
+    run.steps: final checkpoint, evaluation, no 'interrupted'; alone, a tiny budget stops after one iteration."""
+    from lwm import parallel
+
+    calls = []
+
+    def agree_max(values):
+        calls.append(list(values))
+        return [0, 0, 0, 1] if len(calls) == 12 else [0, 0, 0, 0]  # call 12: another process's budget is spent
+
+    monkeypatch.setattr(parallel, "is_multiprocess", lambda: True)
+    monkeypatch.setattr(parallel, "agree_max", agree_max)
+    monkeypatch.setattr(parallel, "barrier", lambda name, timeout_s=0: None)
+    make = lambda i: envs.make("tokenchoice", num_choices=4, delay=2)  # noqa: E731
+    cfg = _cfg(**{"run.steps": 100_000, "run.train_fill": 64, "run.minutes": 60.0, "run.eval_episodes": 4,
+                  "ckpt.every_s": 0, "ckpt.async_save": False})
+    summary = train_loop(cfg, tmp_path / "peer", make)
+    assert len(calls) == 12 and summary["env_steps"] == 12 * N_ENVS
+    assert summary["stopped"] == "run.minutes (60) reached" and "interrupted" not in summary
+    assert summary["eval"]["episodes"] == 4
+    loader = ck.Checkpointer(tmp_path / "peer" / "ckpt")
+    assert loader.read_meta(loader.steps()[-1])["reason"] == "end of run"
+    loader.close()
+
+    monkeypatch.undo()
+    summary = train_loop(_cfg(**{"run.steps": 100_000, "run.minutes": 1e-6, "ckpt.enabled": False}), tmp_path / "own",
+                         make)
+    assert summary["env_steps"] == N_ENVS and summary["stopped"] == "run.minutes (1e-06) reached"
+    with pytest.raises(ValueError, match=r"run.minutes=-1.0 must be >= 0"):
+        train_loop(_cfg(**{"run.minutes": -1.0}), tmp_path / "bad", make)

@@ -405,6 +405,33 @@ def reset(key: jax.Array, params: Params) -> tuple[dict[str, jax.Array], State]:
     return observe(state, params), state
 
 
+def reset_where(keys: jax.Array, states: State, where: jax.Array, params: Params, chunk: int = 0) -> State:
+    """Batched auto-reset: world w of ``states`` (leading axis W) becomes ``reset(keys[w], params)`` where
+    ``where[w]``, and is kept otherwise.
+
+    Bit-identical to ``vmap(reset)`` over every world followed by ``where(where, fresh, states)``, the usual
+    auto-reset under ``vmap``, but only the worlds that end are reset: ``chunk`` of them at a time (their
+    indices gathered with a static size), repeated while any is left, so the cost follows the number of
+    episodes that end rather than the number of worlds. ``chunk`` 0 picks ``max(1, W // 8)``; up to 16 worlds are
+    all reset and selected (cheaper than the bookkeeping).
+    """
+    w = where.shape[0]
+    chunk = min(w, chunk or max(1, w // 8))
+    if w <= 16 or chunk == w:  # a few worlds: resetting all of them costs less than the bookkeeping
+        _, fresh = jax.vmap(lambda k: reset(k, params))(keys)
+        return jax.tree.map(lambda f, s: jnp.where(jnp.reshape(where, (w,) + (1,) * (s.ndim - 1)), f, s), fresh, states)
+
+    def body(carry: tuple[State, jax.Array]) -> tuple[State, jax.Array]:
+        states, left = carry
+        idx = jnp.nonzero(left, size=chunk, fill_value=w)[0]  # w: no world (dropped by the scatter)
+        _, fresh = jax.vmap(lambda k: reset(k, params))(keys[jnp.minimum(idx, w - 1)])
+        states = jax.tree.map(lambda s, f: s.at[idx].set(f, mode="drop"), states, fresh)
+        return states, left.at[idx].set(False, mode="drop")
+
+    states, _ = jax.lax.while_loop(lambda c: jnp.any(c[1]), body, (states, where))
+    return states
+
+
 # ---------------------------------------------------------------------------------------------
 # Step
 # ---------------------------------------------------------------------------------------------

@@ -192,22 +192,19 @@ def _batched_step(
 ) -> tuple[dict[str, jax.Array], core.State, dict[str, jax.Array]]:
     """One round of W worlds (vmapped); a world whose previous round ended starts a new episode instead."""
 
-    def one(k: jax.Array, s: core.State, a: jax.Array, m: jax.Array) -> tuple[dict, core.State, dict]:
-        k_step, k_reset = jax.random.split(k)
-        stepped, reward, _ = core.step_state(k_step, s, a, m, params)
-        _, fresh = core.reset(k_reset, params)
-        first = s.done
-        new = jax.tree.map(lambda x0, x1: jnp.where(first, x0, x1), fresh, stepped)
-        out = {
-            "reward": jnp.where(first, 0.0, reward),
-            "is_first": first,
-            "is_last": ~first & new.done,
-            "is_terminal": ~first & new.terminated,
-            **_world_metrics(new),
-        }
-        return core.observe(new, params), new, out
-
-    return jax.vmap(one)(jax.random.split(key, move.shape[0]), state, move, talk)
+    keys = jax.vmap(jax.random.split)(jax.random.split(key, move.shape[0]))  # [W, 2]: step, reset
+    stepped, reward, _ = jax.vmap(lambda k, s, a, m: core.step_state(k, s, a, m, params))(
+        keys[:, 0], state, move, talk)
+    first = state.done
+    new = core.reset_where(keys[:, 1], stepped, first, params)  # only the worlds that start over are reset
+    out = {
+        "reward": jnp.where(first, 0.0, reward),
+        "is_first": first,
+        "is_last": ~first & new.done,
+        "is_terminal": ~first & new.terminated,
+        **jax.vmap(_world_metrics)(new),
+    }
+    return jax.vmap(lambda s: core.observe(s, params))(new), new, out
 
 
 def _batched_reset(key: jax.Array, num_worlds: int, params: core.Params) -> tuple[dict, core.State, dict]:

@@ -39,8 +39,17 @@ def distances(adjacency: jax.Array) -> jax.Array:
 
 
 def _random_legal_actions(key: jax.Array, mask: jax.Array) -> jax.Array:
-    g = jax.random.gumbel(key, mask.shape)
-    return jnp.argmax(jnp.where(mask, g, -jnp.inf), axis=-1).astype(jnp.int32)
+    """int32 [...]: uniform among the True entries of each row of ``mask`` [..., N] (0 where a row has none).
+
+    One 32-bit draw per row (not one Gumbel variate per entry): its top 24 bits give u in [0, 1), the row picks
+    its k-th legal entry with k = floor(u * count) (off uniform by at most count / 2**24).
+    """
+    bits = jax.random.bits(key, mask.shape[:-1], jnp.uint32)
+    count = jnp.sum(mask, axis=-1, dtype=jnp.int32)
+    u = (bits >> 8).astype(jnp.float32) * (1.0 / (1 << 24))
+    k = jnp.minimum(jnp.floor(u * count).astype(jnp.int32), jnp.maximum(count - 1, 0))
+    kth = mask & (jnp.cumsum(mask, axis=-1, dtype=jnp.int32) == (k + 1)[..., None])
+    return jnp.argmax(kth, axis=-1).astype(jnp.int32)
 
 
 def random_legal(key: jax.Array, state: core.State, params: core.Params) -> tuple[jax.Array, jax.Array]:
