@@ -110,10 +110,11 @@ def main(argv: Sequence[str] | None = None) -> dict:
     except parallel.ParallelError as e:
         raise SystemExit(f"error: {e}") from None
     from lwm.loop import NonFiniteLoss, train_loop
+    from lwm.replay import ReplayTooLarge
 
     try:
         summary = train_loop(config, logdir, env_factory(config))
-    except (CheckpointError, NonFiniteLoss, parallel.ParallelError) as e:
+    except (CheckpointError, NonFiniteLoss, parallel.ParallelError, ReplayTooLarge) as e:
         raise SystemExit(f"error: {e}") from None
     print(json.dumps(summary, indent=2))
     rank = parallel.jax.process_index()

@@ -86,6 +86,10 @@ class SumTree:
         return node - self.leaves
 
 
+class ReplayTooLarge(MemoryError):
+    """The buffer for replay.capacity steps does not fit in the memory available (raised before allocating)."""
+
+
 class Replay:
     """Stores `capacity` steps in total, split evenly over `num_streams` environment streams."""
 
@@ -130,16 +134,34 @@ class Replay:
     def __len__(self) -> int:
         return self.count * self.streams
 
+    def _check_memory(self, flat: Mapping[str, np.ndarray]) -> None:
+        """Before the buffer is allocated: a clear error, naming replay.capacity and the largest keys, when it
+        cannot fit in this machine's available memory (rather than numpy's bare allocation failure later)."""
+        import psutil
+
+        sizes = {k: self.streams * self.per * v[0].nbytes for k, v in flat.items() if v.ndim >= 1 and len(v)}
+        need, available = sum(sizes.values()), psutil.virtual_memory().available
+        if need > available:
+            top = ", ".join(f"{k} {tuple(flat[k].shape[1:])} {flat[k].dtype} {sizes[k] / 2**30:.1f} GiB"
+                            for k in sorted(sizes, key=sizes.get, reverse=True)[:3])
+            raise ReplayTooLarge(
+                f"replay.capacity={self.streams * self.per} steps need {need / 2**30:.1f} GiB ({top}), more than the "
+                f"{available / 2**30:.1f} GiB of memory available; lower --replay.capacity (to at most about "
+                f"{int(available / need * self.streams * self.per * 0.8)} steps here).")
+
     def add(self, step: Mapping) -> None:
         """Adds one step for every stream: a (nested) dict of arrays with leading axis `num_streams`.
 
         Latent `stoch` one-hots are stored as class indices (uint8/int16) to save memory.
         """
         flat = flatten(step)
-        for key, value in flat.items():
-            value = np.asarray(value)
+        for key, value in list(flat.items()):
+            value = flat[key] = np.asarray(value)
             if key == "latent/stoch" and value.ndim == 3:
-                value = value.argmax(-1).astype(np.uint8 if value.shape[-1] <= 256 else np.int16)
+                value = flat[key] = value.argmax(-1).astype(np.uint8 if value.shape[-1] <= 256 else np.int16)
+        if not self.data:
+            self._check_memory(flat)
+        for key, value in flat.items():
             if value.shape[:1] != (self.streams,):
                 raise ValueError(
                     f"Replay.add: {key!r} has leading shape {value.shape[:1]}, expected ({self.streams},).")

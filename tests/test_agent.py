@@ -480,6 +480,23 @@ def test_replay_errors():
         replay.add(extra)
 
 
+def test_replay_too_large_for_memory_is_a_clear_error(monkeypatch):
+    import psutil
+
+    from lwm.replay import ReplayTooLarge
+
+    class Memory:
+        available = 2**30  # 1 GiB
+    monkeypatch.setattr(psutil, "virtual_memory", lambda: Memory)
+    replay = Replay(capacity=100_000, num_streams=2, length=8)
+    step = {"obs": {"image": np.zeros((2, 64, 64, 3), np.uint8)}, "reward": np.zeros(2, np.float32)}
+    with pytest.raises(ReplayTooLarge, match=r"replay.capacity=100000 steps need 1.1 GiB \(obs/image \(64, 64, 3\) "
+                                             r"uint8 1.1 GiB.*lower --replay.capacity \(to at most about 69882 steps"):
+        replay.add(step)
+    assert not replay.data and len(replay) == 0  # nothing allocated, nothing added
+    Replay(capacity=50_000, num_streams=2, length=8).add(step)  # 0.6 GiB fits
+
+
 def test_driver_fills_replay_from_tokenchoice():
     worlds = [envs.make("tokenchoice", num_choices=4, delay=2, image=False, seed=i) for i in range(2)]
     driver = Driver(worlds, ["tokens", "vector"], name="tokenchoice")
