@@ -277,11 +277,22 @@ def log_positions(logdir: str | Path) -> dict[str, int]:
     return {p.name: p.stat().st_size for p in files if p.exists()}
 
 
-def rewind(logdir: str | Path, positions: Mapping[str, int]) -> int:
+def _is_eval_row(line: bytes, step: int) -> bool:
+    """A metrics row holding only the end-of-run evaluation (``eval/*`` keys) of the checkpoint at `step`."""
+    try:
+        row = json.loads(line)
+    except ValueError:
+        return False
+    keys = [k for k in row if k not in ("step", "updates", "time")]
+    return row.get("step") == step and bool(keys) and all(k.startswith("eval/") for k in keys)
+
+
+def rewind(logdir: str | Path, positions: Mapping[str, int], step: int | None = None) -> int:
     """Cuts the metric and event files back to `positions` (files absent there are removed).
 
-    Used on resume: rows written after the checkpoint belong to steps that will be run again. Returns how many
-    metric rows were dropped.
+    Used on resume: rows written after the checkpoint belong to steps that will be run again. The evaluation
+    row of the checkpoint's own `step` (written after the final checkpoint of a run) describes that checkpoint
+    and is kept in the metrics file. Returns how many metric rows were dropped.
     """
     logdir = Path(logdir)
     dropped = 0
@@ -290,15 +301,20 @@ def rewind(logdir: str | Path, positions: Mapping[str, int]) -> int:
             continue
         keep = int(positions.get(path.name, 0))
         size = path.stat().st_size
+        kept: list[bytes] = []
         if path.name == METRICS and size > keep:
             with path.open("rb") as f:
                 f.seek(keep)
-                dropped = f.read().count(b"\n")
+                lines = [line for line in f.read().split(b"\n") if line.strip()]
+            kept = [line for line in lines if step is not None and _is_eval_row(line, step)]
+            dropped = len(lines) - len(kept)
         if keep == 0 and path.name != METRICS:
             path.unlink()
         elif size > keep:
             with path.open("r+b") as f:
                 f.truncate(keep)
+                f.seek(keep)
+                f.write(b"".join(line + b"\n" for line in kept))
     return dropped
 
 

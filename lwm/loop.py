@@ -198,7 +198,8 @@ def train_loop(config, logdir: str | Path, make_env: Callable[[int], dm_env.Envi
         if team:
             driver.rounds = driver.steps // driver.A
         # Each process rewinds its own log files to their sizes at the checkpoint (kept in its part of it).
-        dropped = rewind(log_dir, resumed.local_meta.get("logs", resumed.meta.get("logs", {}) if rank == 0 else {}))
+        dropped = rewind(log_dir, resumed.local_meta.get("logs", resumed.meta.get("logs", {}) if rank == 0 else {}),
+                         step=driver.steps)
         print(f"lwm: resumed from {resumed.path} (step {driver.steps}, {counters['updates']} updates, replay "
               f"{len(replay)} steps, {counters['episodes']} episodes"
               + (f"; dropped {dropped} metric rows written after it" if dropped else "") + ")", flush=True)

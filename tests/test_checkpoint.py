@@ -300,6 +300,23 @@ def test_tensorboard_events_round_trip_and_rewind(tmp_path):
     assert set(log_positions(tmp_path)) == set(at)
 
 
+def test_rewind_keeps_the_evaluation_of_the_checkpoint(tmp_path):
+    """A run's end: final checkpoint at step 20, then its evaluation row. Resuming from that checkpoint keeps the
+    evaluation (it describes the checkpoint) and drops any other row written after it."""
+    logger = Logger(tmp_path)
+    logger.write({"step": 20, "loss/total": 0.5})
+    at = logger.positions()
+    logger.write({"step": 20, "updates": 7, "eval/return_mean": 0.9, "eval/episodes": 4})
+    logger.write({"step": 24, "loss/total": 0.4})  # a later attempt's row: goes
+    logger.write({"step": 20, "updates": 7, "eval/return_mean": 0.8, "loss/total": 1.0})  # not only eval/: goes
+    logger.close()
+    assert rewind(tmp_path, at, step=20) == 2
+    rows = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    assert [(r["step"], r.get("eval/return_mean")) for r in rows] == [(20, None), (20, 0.9)]
+    assert rewind(tmp_path, log_positions(tmp_path), step=20) == 0  # nothing after: unchanged
+    assert len((tmp_path / "metrics.jsonl").read_text().splitlines()) == 2
+
+
 def test_multiprocess_stop_and_save_follow_the_agreement(monkeypatch, tmp_path):
     """The loop's multi-host protocol, with the collective replaced: a peer's periodic-save vote makes this process
     save too, and a SIGTERM on another process stops this one after the same iteration, with a checkpoint."""
