@@ -2,16 +2,18 @@
 
 Registered worlds (each in sizes ``_s`` and ``_m``; all share one vocabulary):
 
-* ``grid_task_s`` / ``grid_task_m``: one room, 3 / 5 objects; "pick up the red ball" names the target.
+* ``grid_task_s`` / ``grid_task_m``: one room, 3 / 5 objects; "pick up the red ball" names the target
+  (``grid_task_xs``: a 3×3 room with 2 objects, for the short learning check in CI).
   Picking up any other object ends the episode (reward 0); the target gives +1 and ends it.
 * ``grid_future_s`` / ``grid_future_m``: 2 / 4 rooms, one ball per room; the target is in another room.
   Pre-read hints "the red ball is in the kitchen" say where (the agent is frozen while reading).
 * ``grid_dynamics_s`` / ``grid_dynamics_m``: two rooms split by a grey locked door, 2 / 3 keys; a
   pre-read rule "the blue key opens the door" (random each episode) says which key works; the task is
   "open the door". Toggling the door with the right key opens it: +1, the episode ends (HomeGrid's
-  "open the X" task). With a wrong key the door breaks and the episode ends. The first time the agent
-  holds a key it gets +0.5 (a progress reward like HomeGrid's +0.5 for holding the task's object; it does
-  not tell which key is right). Optimal return 1.5; without the hint 0.5 + 1 / keys.
+  "open the X" task). With a wrong key the door breaks and the episode ends. Picking up a key gives +0.5
+  and dropping it gives -0.5 (a progress reward like HomeGrid's +0.5 for holding the task's object, paid
+  back on drop so that it depends only on the observed transition; it does not tell which key is right).
+  Optimal return 1.5; without the hint 0.5 + 1 / keys.
 * ``grid_correction_s`` / ``grid_correction_m``: one room, 3 / 4 identical balls; only corrections
   ("no turn around", when the distance to the target grew) tell them apart. Wrong pickup ends (0).
 * ``grid_home_s`` / ``grid_home_m``: a house of 3 / 4 named rooms with balls, keys and bins; continual
@@ -373,16 +375,18 @@ class DynamicsWorld(HintedGrid):
         self.right_key = next(k for k in self.keys if k.color == right)
         self._hints = [f"the {right} key opens the door"]
         self.say_task("open the door")
-        self.bonus_paid = False
 
     def step(self, action: int) -> tuple[dict[str, Any], float, bool, bool, dict[str, Any]]:
+        held = isinstance(self.carrying, Key)
         obs, reward, terminated, truncated, info = super().step(action)
         if self.door.broken:
             reward, terminated = 0.0, True
         elif self.door.is_open:
             reward, terminated = 1.0, True
-        elif isinstance(self.carrying, Key) and not self.bonus_paid:
-            reward, self.bonus_paid = 0.5, True
+        else:
+            # Holding a key is worth +0.5, paid on pickup and paid back on drop: the reward is a function of
+            # the observed transition (was / is a key held), so no hidden "already paid" state must be learned.
+            reward = 0.5 * (float(isinstance(self.carrying, Key)) - float(held))
         return obs, reward, terminated, truncated, info
 
     def oracle_action(self) -> int:
@@ -571,6 +575,8 @@ class HomeWorld(HintedGrid):
 # ---------------------------------------------------------------------------------------------
 
 WORLDS: dict[str, tuple[Callable[..., HintedGrid], dict[str, int], str]] = {
+    "grid_task_xs": (TaskWorld, {"room": 3, "objects": 2}, "pick up the object named by the task (1 small room, 2 "
+                     "objects; sized for a learning check in CI)"),
     "grid_task_s": (TaskWorld, {"room": 5, "objects": 3}, "pick up the object named by the task (1 room, 3 objects)"),
     "grid_task_m": (TaskWorld, {"room": 7, "objects": 5}, "pick up the object named by the task (1 room, 5 objects)"),
     "grid_future_s": (FutureWorld, {"rows": 1, "cols": 2, "room": 4}, "hints say which room holds the target (2)"),

@@ -309,7 +309,7 @@ def test_oracle_beats_random(name):
 
 @pytest.mark.parametrize("right", [True, False])
 def test_dynamics_rule_key_bonus_then_door(right):
-    """+0.5 the first time a key is held; the hinted key opens the door (+1, ends), any other breaks it (0, ends)."""
+    """+0.5 when a key is picked up; the hinted key opens the door (+1, ends), any other breaks it (0, ends)."""
     env = envs.make("grid_dynamics_m", obs="symbolic", seed=8)
     ts = env.reset()
     world = env.gym_env
@@ -332,6 +332,31 @@ def test_dynamics_rule_key_bonus_then_door(right):
     assert rewards.count(0.5) == 1 and rewards[-1] == (1.0 if right else 0.0)
     assert sum(rewards) == (1.5 if right else 0.5)
     assert world.door.is_open == right and world.door.broken == (not right)
+
+
+def test_dynamics_key_bonus_is_paid_back_on_drop():
+    """Dropping a key gives -0.5 and picking it up again +0.5: the reward follows the observed transition."""
+    env = envs.make("grid_dynamics_s", obs="symbolic", seed=3)
+    ts = env.reset()
+    world = env.gym_env
+    while ts.observation["is_read_step"]:
+        ts = env.step(0)
+    key, rewards = world.keys[0], []
+    for want in (True, False, True, False):  # pick up, drop, pick up, drop
+        for _ in range(100):
+            if (world.carrying is key) == want:
+                break
+            action = world.face(key) if want else None
+            if want:
+                action = PICKUP if action == DONE else (LEFT if action is None else action)
+            else:
+                action = world.drop_somewhere(0)
+            ts = env.step(action)
+            rewards.append(ts.reward)
+            assert not ts.last()
+        assert (world.carrying is key) == want
+    assert [r for r in rewards if r] == [0.5, -0.5, 0.5, -0.5]
+    assert sum(rewards) == 0.0
 
 
 def test_mask_tokens_ablation_on_hinted_world():
