@@ -244,14 +244,38 @@ def _read_preset(name: str) -> dict:
         close = difflib.get_close_matches(name, preset_names(), n=3, cutoff=0.4)
         hint = f" Did you mean {', '.join(close)}?" if close else ""
         raise ConfigError(f"Unknown preset {name!r}.{hint} Presets: {', '.join(preset_names())} (or a .yaml path).")
-    return yaml.safe_load(path.read_text()) or {}
+    data = yaml.safe_load(path.read_text()) or {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"preset {name!r} ({path}) holds {_type_name(data)}; a preset is a mapping of config keys.")
+    return data
+
+
+def _expand(name: str, chain: tuple[str, ...] = ()) -> list[tuple[str, dict]]:
+    """[(name, keys)] to merge for preset `name`: the presets it includes first (recursively), then its own.
+
+    A preset file may start from others (`presets: [grid_cpu]`); its own keys are merged after them.
+    """
+    if name in chain:
+        raise ConfigError(f"preset {name!r} includes itself: {' -> '.join([*chain, name])}.")
+    data = dict(_read_preset(name))
+    included = data.pop("presets", [])
+    if isinstance(included, str):
+        included = [included]
+    if not isinstance(included, list) or not all(isinstance(n, str) for n in included):
+        raise ConfigError(f"preset {name!r}: presets={included!r} must be a list of preset names.")
+    out: list[tuple[str, dict]] = []
+    for inner in included:
+        out += _expand(inner, (*chain, name))
+    return [*out, (name, data)]
 
 
 def load(presets: Sequence[str] = (), overrides: Mapping[str, Any] | None = None) -> Config:
-    """defaults.yaml, then each preset in order, then the dotted overrides."""
+    """defaults.yaml, then each preset in order (after the presets it includes), then the dotted overrides."""
     config = Config(_read_preset(str(CONFIG_DIR / "defaults.yaml")))
-    for name in presets:
-        config = config.update(_read_preset(name), where=f"preset {name!r}")
+    for outer in presets:
+        for name, data in _expand(outer):
+            where = f"preset {name!r}" if name == outer else f"preset {name!r} (included by {outer!r})"
+            config = config.update(data, where=where)
     if overrides:
         config = config.update(dict(overrides), where="command line")
     return config

@@ -154,6 +154,42 @@ def test_wrong_type_in_preset_file(tmp_path):
     assert "bad.yaml" in str(info.value)  # names where the value came from
 
 
+def test_preset_includes_merge_first_then_own_keys(tmp_path):
+    base = tmp_path / "base.yaml"
+    base.write_text("presets: [debug]\nbatch_size: 7\nagent: {units: 48}\n")
+    top = tmp_path / "top.yaml"
+    top.write_text(f"presets: [{base}]\nbatch_size: 9\n")
+    c = config.load([str(top)])
+    assert c.batch_size == 9  # the file's own keys win over what it includes
+    assert c.agent.units == 48  # the included preset's keys survive
+    assert c.agent.rssm.deter == config.load(["debug"]).agent.rssm.deter  # includes are recursive
+    assert c == config.load(["debug", str(base), str(top)])  # same as listing them in order
+    # The hinted-gridworld presets share grid_cpu and differ only in the world.
+    task, dynamics = config.load(["grid_task"]), config.load(["grid_dynamics"])
+    assert task.env.name == "grid_task_s" and dynamics.env.name == "grid_dynamics_s"
+    assert task.update({"env.name": "grid_dynamics_s"}) == dynamics == config.load(["grid_cpu", "grid_dynamics"])
+
+
+def test_preset_include_errors(tmp_path):
+    loop_a, loop_b = tmp_path / "a.yaml", tmp_path / "b.yaml"
+    loop_a.write_text(f"presets: [{loop_b}]\n")
+    loop_b.write_text(f"presets: [{loop_a}]\n")
+    with pytest.raises(ConfigError, match="includes itself"):
+        config.load([str(loop_a)])
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("presets: {debug: 1}\n")
+    with pytest.raises(ConfigError, match="must be a list of preset names"):
+        config.load([str(bad)])
+    missing = tmp_path / "missing.yaml"
+    missing.write_text("presets: [grid_cpux]\n")
+    with pytest.raises(ConfigError, match="Unknown preset 'grid_cpux'.*grid_cpu"):
+        config.load([str(missing)])
+    scalar = tmp_path / "scalar.yaml"
+    scalar.write_text("3\n")
+    with pytest.raises(ConfigError, match="a preset is a mapping"):
+        config.load([str(scalar)])
+
+
 def test_unknown_preset_lists_presets():
     with pytest.raises(ConfigError) as info:
         config.load(["size13m"])
