@@ -247,8 +247,7 @@ class Logger:
         self.file.write(json.dumps(row) + "\n")
         self.file.flush()
         if self.events is not None:
-            scalars = {k: float(v) for k, v in row.items()
-                       if k not in ("step", "time") and isinstance(v, int | float) and not isinstance(v, bool)}
+            scalars = {k: float(v) for k, v in row.items() if k not in ("step", "time") and _is_number(v)}
             self.events.scalars(int(row.get("step", 0)), scalars, wall_time=row["time"])
             self.events.flush()
 
@@ -296,12 +295,12 @@ def rewind(logdir: str | Path, positions: Mapping[str, int], step: int | None = 
     """
     logdir = Path(logdir)
     dropped = 0
+    kept: list[bytes] = []
     for path in [logdir / METRICS] + sorted(logdir.glob(EVENTS_PREFIX + "*")):
         if not path.exists():
             continue
         keep = int(positions.get(path.name, 0))
         size = path.stat().st_size
-        kept: list[bytes] = []
         if path.name == METRICS and size > keep:
             with path.open("rb") as f:
                 f.seek(keep)
@@ -314,8 +313,21 @@ def rewind(logdir: str | Path, positions: Mapping[str, int], step: int | None = 
             with path.open("r+b") as f:
                 f.truncate(keep)
                 f.seek(keep)
-                f.write(b"".join(line + b"\n" for line in kept))
+                if path.name == METRICS:
+                    f.write(b"".join(line + b"\n" for line in kept))
+    events = sorted(logdir.glob(EVENTS_PREFIX + "*"))
+    if kept and events:  # the kept evaluation goes back into TensorBoard too (the newest file: the one that had it)
+        with events[-1].open("ab") as f:
+            for line in kept:
+                row = json.loads(line)
+                scalars = {k: float(v) for k, v in row.items() if k.startswith("eval/") and _is_number(v)}
+                if scalars:
+                    f.write(frame_record(encode_event(float(row.get("time", time.time())), step, scalars)))
     return dropped
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool)
 
 
 def mean_metrics(history: list[Mapping[str, Any]]) -> dict[str, float]:

@@ -313,8 +313,15 @@ def test_rewind_keeps_the_evaluation_of_the_checkpoint(tmp_path):
     assert rewind(tmp_path, at, step=20) == 2
     rows = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
     assert [(r["step"], r.get("eval/return_mean")) for r in rows] == [(20, None), (20, 0.9)]
-    assert rewind(tmp_path, log_positions(tmp_path), step=20) == 0  # nothing after: unchanged
+    # TensorBoard keeps it too: the training scalars up to the checkpoint, then the evaluation's.
+    events = [decode_event(r) for r in read_records(logger.events.path)[1:]]
+    assert [(e["step"], sorted(e["scalars"])) for e in events] == [
+        (20, ["loss/total"]), (20, ["eval/episodes", "eval/return_mean"])]
+    assert events[1]["scalars"]["eval/return_mean"] == pytest.approx(0.9)
+    before = log_positions(tmp_path)
+    assert rewind(tmp_path, before, step=20) == 0  # nothing after: unchanged
     assert len((tmp_path / "metrics.jsonl").read_text().splitlines()) == 2
+    assert log_positions(tmp_path) == before
 
 
 def test_multiprocess_stop_and_save_follow_the_agreement(monkeypatch, tmp_path):
