@@ -16,6 +16,8 @@ from typing import Any
 
 import numpy as np
 
+PENDING_MAX = 65_536  # slots written between draws before the sampling trees are brought up to date anyway
+
 
 def flatten(tree: Mapping, prefix: str = "") -> dict[str, Any]:
     """A nested dict as one level with `/`-joined keys ({"a": {"b": x}} -> {"a/b": x})."""
@@ -179,6 +181,8 @@ class Replay:
             self._pending.append(self.pos)  # the trees catch up at the next draw (one update for many adds)
         self.pos = (self.pos + 1) % self.per
         self.count = min(self.count + 1, self.per)
+        if len(self._pending) >= min(self.per, PENDING_MAX):  # or now: adds with no draws stay bounded
+            self._flush()
 
     def _is_event(self, slots: int | np.ndarray) -> np.ndarray:
         """float [streams, ...]: 1 where the step at `slots` has a non-zero reward or is terminal."""

@@ -362,6 +362,7 @@ def test_replay_event_fraction_replays_rare_rewards_and_terminations():
         if t == 45:
             step["is_terminal"] = np.array([False, True])  # ... and one termination in stream 1
         replay.add(step)
+    assert len(replay._pending) < 40  # adds without draws update the trees once a buffer's worth is pending
     hits = np.zeros(8)
     for _ in range(200):
         batch, _ = replay.sample(8, CLASSES)
