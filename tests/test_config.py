@@ -164,10 +164,11 @@ def test_preset_includes_merge_first_then_own_keys(tmp_path):
     assert c.agent.units == 48  # the included preset's keys survive
     assert c.agent.rssm.deter == config.load(["debug"]).agent.rssm.deter  # includes are recursive
     assert c == config.load(["debug", str(base), str(top)])  # same as listing them in order
-    # The hinted-gridworld presets share grid_cpu and differ only in the world.
+    # The hinted-gridworld presets share grid_cpu and differ in the world (and dynamics in its entropy bonus).
     task, dynamics = config.load(["grid_task"]), config.load(["grid_dynamics"])
     assert task.env.name == "grid_task_s" and dynamics.env.name == "grid_dynamics_s"
-    assert task.update({"env.name": "grid_dynamics_s"}) == dynamics == config.load(["grid_cpu", "grid_dynamics"])
+    assert task.update({"env.name": "grid_dynamics_s", "agent.actor.entropy": 1e-2}) == dynamics
+    assert dynamics == config.load(["grid_cpu", "grid_dynamics"])
 
 
 def test_preset_include_errors(tmp_path):
