@@ -171,24 +171,24 @@ def test_preset_includes_merge_first_then_own_keys(tmp_path):
     assert dynamics == config.load(["grid_cpu", "grid_dynamics"])
 
 
-def test_preset_include_errors(tmp_path):
+def test_preset_including_itself_is_an_error(tmp_path):
     loop_a, loop_b = tmp_path / "a.yaml", tmp_path / "b.yaml"
     loop_a.write_text(f"presets: [{loop_b}]\n")
     loop_b.write_text(f"presets: [{loop_a}]\n")
     with pytest.raises(ConfigError, match="includes itself"):
         config.load([str(loop_a)])
-    bad = tmp_path / "bad.yaml"
-    bad.write_text("presets: {debug: 1}\n")
-    with pytest.raises(ConfigError, match="must be a list of preset names"):
-        config.load([str(bad)])
-    missing = tmp_path / "missing.yaml"
-    missing.write_text("presets: [grid_cpux]\n")
-    with pytest.raises(ConfigError, match="Unknown preset 'grid_cpux'.*grid_cpu"):
-        config.load([str(missing)])
-    scalar = tmp_path / "scalar.yaml"
-    scalar.write_text("3\n")
-    with pytest.raises(ConfigError, match="a preset is a mapping"):
-        config.load([str(scalar)])
+
+
+@pytest.mark.parametrize("text, match", [
+    ("presets: {debug: 1}\n", "must be a list of preset names"),
+    ("presets: [grid_cpux]\n", "Unknown preset 'grid_cpux'.*grid_cpu"),
+    ("3\n", "a preset is a mapping"),
+])
+def test_bad_preset_include_is_an_error(tmp_path, text, match):
+    path = tmp_path / "bad.yaml"
+    path.write_text(text)
+    with pytest.raises(ConfigError, match=match):
+        config.load([str(path)])
 
 
 def test_unknown_preset_lists_presets():
