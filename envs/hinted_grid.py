@@ -18,7 +18,8 @@ Registered worlds (each in sizes ``_s`` and ``_m``; all share one vocabulary):
   ("no turn around", when the distance to the target grew) tell them apart. Wrong pickup ends (0).
 * ``grid_home_s`` / ``grid_home_m``: a house of 3 / 4 named rooms with balls, keys and bins; continual
   tasks "find the X", "get the X", "put the X in the Y bin", "move the X to the R", "open the Y bin"
-  (+1 on completion, +0.5 once for first holding the task's object), a new task each time.
+  (+1 on completion; for put / move tasks +0.5 on picking up the task's object and -0.5 on dropping it
+  short of completion, so the progress reward depends only on the observed transition), a new task each time.
 
 Episodes last ``max_steps`` = 100 env steps (+ pre-read steps). Options of every world: ``obs``
 ("rgb" | "symbolic"), ``image_size``, ``token_len``, ``seed``, ``max_steps``, ``talk_p`` (probability of an
@@ -480,7 +481,6 @@ class HomeWorld(HintedGrid):
         kind = kinds[int(self.np_random.integers(len(kinds)))]
         objs = pools[kind]
         self.task_kind, self.task_obj, self.task_bin, self.task_room = kind, None, None, -1
-        self.bonus_paid = False
         if kind == "open":
             self.task_bin = closed[int(self.np_random.integers(len(closed)))]
             sentence = f"open the {_name(self.task_bin)}"
@@ -501,6 +501,7 @@ class HomeWorld(HintedGrid):
 
     def step(self, action: int) -> tuple[dict[str, Any], float, bool, bool, dict[str, Any]]:
         front = self.grid.get(*self.front_pos)
+        held = self.task_obj is not None and self.carrying is self.task_obj
         stored: WorldObj | None = None
         opened: Bin | None = None
         if action == DROP and self.carrying is not None and isinstance(front, Bin) and front.is_open:
@@ -518,8 +519,6 @@ class HomeWorld(HintedGrid):
             self._place(stored, int(self.np_random.integers(self.rows * self.cols)))
         reward, done = 0.0, False
         kind, obj = self.task_kind, self.task_obj
-        if kind in ("put", "move") and self.carrying is obj and not self.bonus_paid:
-            reward, self.bonus_paid = 0.5, True
         if kind == "find":
             done = self.grid.get(*self.front_pos) is obj
         elif kind == "get":
@@ -530,6 +529,12 @@ class HomeWorld(HintedGrid):
             done = dropped and self.carrying is None and self.room_of(obj.cur_pos) == self.task_room
         elif kind == "open":
             done = opened is self.task_bin
+        if kind in ("put", "move"):
+            # HomeGrid's +0.5 for holding the task's object, paid on pickup and paid back on a drop that does
+            # not complete the task: a function of the observed transition, with no hidden "already paid" flag
+            # (which let an agent farm drop / re-pickup in the dynamics world).
+            holds = self.carrying is obj
+            reward = 0.5 * (float(holds) - float(held and not done))
         if done:
             reward += 1.0
             self._new_task()

@@ -22,7 +22,7 @@ except ModuleNotFoundError:  # package not installed: import from the checkout t
     import envs
 
 from envs.gym_adapter import GymAdapter
-from envs.hinted_grid import DONE, LEFT, PICKUP, TOGGLE, WORLDS, run_baseline
+from envs.hinted_grid import DONE, DROP, LEFT, PICKUP, TOGGLE, WORLDS, run_baseline
 from envs.stream import TokenStream
 from envs.text import Vocabulary, normalise
 
@@ -281,6 +281,32 @@ def test_home_new_task_interrupts_and_rewards():
     assert len(tasks) >= 4
     assert set(rewards) <= {0.0, 0.5, 1.0, 1.5}
     assert rewards.count(1.0) + rewards.count(1.5) == len(tasks) - 1
+
+
+def test_home_progress_reward_is_paid_back_on_drop():
+    """Put / move tasks: +0.5 on picking up the task's object, -0.5 on dropping it short of completion, so a
+    drop and re-pickup earns nothing (no hidden "already paid" flag for the model to track)."""
+    cycles = 0
+    for seed in range(40):
+        env = envs.make("grid_home_s", seed=seed, obs="symbolic")
+        ts, world = env.reset(), env.gym_env
+        if world.task_kind not in ("put", "move") or world.carrying is world.task_obj:
+            continue
+        for _ in range(60):  # the oracle walks to the object; the step that picks it up pays +0.5
+            ts = env.step(env.oracle_action())
+            if world.carrying is world.task_obj or ts.last():
+                break
+        if world.carrying is not world.task_obj:
+            continue
+        assert ts.reward == 0.5
+        task = world.mission
+        for _ in range(3):  # the cell in front is where the object lay: drop it back, pick it up again
+            ts = env.step(DROP)
+            assert world.carrying is None and world.mission == task and ts.reward == -0.5
+            ts = env.step(PICKUP)
+            assert world.carrying is world.task_obj and ts.reward == 0.5
+        cycles += 1
+    assert cycles >= 3
 
 
 @pytest.mark.parametrize("name", list(WORLDS))
