@@ -394,3 +394,16 @@ def test_reset_where_equals_resetting_every_world(worlds, done_p):
     for a, b in zip(jax.tree.leaves(got), jax.tree.leaves(want), strict=True):
         np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
     assert int(np.sum(np.asarray(got.round) == 0)) == int(np.sum(np.asarray(done)))
+
+
+def test_reset_where_with_one_key_folds_in_the_world_index():
+    params = core.Params(random_graph=True, start="separate")
+    _, states = jax.vmap(lambda k: core.reset(k, params))(jax.random.split(jax.random.key(1), 40))
+    states = states._replace(round=states.round + 3)
+    done = jnp.arange(40) % 3 == 0
+    key = jax.random.key(9)
+    got = jax.jit(core.reset_where, static_argnames=("params", "chunk"))(key, states, done, params, chunk=4)
+    keys = jax.vmap(lambda i: jax.random.fold_in(key, i))(jnp.arange(40))
+    want = core.reset_where(keys, states, done, params)
+    for a, b in zip(jax.tree.leaves(got), jax.tree.leaves(want), strict=True):
+        np.testing.assert_array_equal(np.asarray(a), np.asarray(b))

@@ -409,27 +409,48 @@ def reset_where(keys: jax.Array, states: State, where: jax.Array, params: Params
     """Batched auto-reset: world w of ``states`` (leading axis W) becomes ``reset(keys[w], params)`` where
     ``where[w]``, and is kept otherwise.
 
-    Bit-identical to ``vmap(reset)`` over every world followed by ``where(where, fresh, states)``, the usual
-    auto-reset under ``vmap``, but only the worlds that end are reset: ``chunk`` of them at a time (their
-    indices gathered with a static size), repeated while any is left, so the cost follows the number of
-    episodes that end rather than the number of worlds. ``chunk`` 0 picks ``max(1, W // 8)``; up to 16 worlds are
-    all reset and selected (cheaper than the bookkeeping).
+    ``keys`` is [W] keys, or one key standing for ``keys[w] = fold_in(key, w)`` (only the worlds that reset pay
+    for theirs). Bit-identical to ``vmap(reset)`` over every world followed by ``where(where, fresh, states)``,
+    the usual auto-reset under ``vmap``, but only the worlds that end are reset: ``chunk`` of them at a time
+    (their indices gathered with a static size), repeated while any is left, so the cost follows the number of
+    episodes that end rather than the number of worlds. ``chunk`` 0 picks ``max(1, W // 8)``; up to 16 worlds
+    are all reset and selected (cheaper than the bookkeeping).
     """
     w = where.shape[0]
     chunk = min(w, chunk or max(1, w // 8))
+    if keys.ndim == 0:
+        key = keys
+        keys_of = lambda idx: jax.vmap(lambda i: jax.random.fold_in(key, i))(idx)  # noqa: E731
+    else:
+        keys_of = lambda idx: keys[idx]  # noqa: E731
     if w <= 16 or chunk == w:  # a few worlds: resetting all of them costs less than the bookkeeping
-        _, fresh = jax.vmap(lambda k: reset(k, params))(keys)
+        _, fresh = jax.vmap(lambda k: reset(k, params))(keys_of(jnp.arange(w)))
         return jax.tree.map(lambda f, s: jnp.where(jnp.reshape(where, (w,) + (1,) * (s.ndim - 1)), f, s), fresh, states)
 
-    def body(carry: tuple[State, jax.Array]) -> tuple[State, jax.Array]:
-        states, left = carry
-        idx = jnp.nonzero(left, size=chunk, fill_value=w)[0]  # w: no world (dropped by the scatter)
-        _, fresh = jax.vmap(lambda k: reset(k, params))(keys[jnp.minimum(idx, w - 1)])
-        states = jax.tree.map(lambda s, f: s.at[idx].set(f, mode="drop"), states, fresh)
-        return states, left.at[idx].set(False, mode="drop")
+    # Only the drawn fields go through the loop (a loop carries its arrays through copies, and XLA:CPU cannot
+    # fuse across it); every other field of a fresh world is the same in all worlds, and is selected outside it.
+    drawn = _DRAWN_FIELDS + (("adjacency",) if params.random_graph else ())
+    _, template = reset(jax.random.key(0), params)
 
-    states, _ = jax.lax.while_loop(lambda c: jnp.any(c[1]), body, (states, where))
-    return states
+    def body(carry: tuple[tuple[jax.Array, ...], jax.Array]) -> tuple[tuple[jax.Array, ...], jax.Array]:
+        fields, left = carry
+        idx = jnp.nonzero(left, size=chunk, fill_value=w)[0]  # w: no world (dropped by the scatter)
+        _, fresh = jax.vmap(lambda k: reset(k, params))(keys_of(jnp.minimum(idx, w - 1)))
+        fields = tuple(x.at[idx].set(getattr(fresh, f), mode="drop") for f, x in zip(drawn, fields, strict=True))
+        return fields, left.at[idx].set(False, mode="drop")
+
+    fields, _ = jax.lax.while_loop(lambda c: jnp.any(c[1]), body, (tuple(getattr(states, f) for f in drawn), where))
+    out = dict(zip(drawn, fields, strict=True))
+    for f in State._fields:
+        if f not in out:
+            s, t = getattr(states, f), getattr(template, f)
+            out[f] = jnp.where(jnp.reshape(where, (w,) + (1,) * (s.ndim - 1)), t[None], s)
+    return State(**out)
+
+
+# The fields of a fresh world that reset draws at random (plus ``adjacency`` with ``random_graph``); the others
+# are the same in every fresh world.
+_DRAWN_FIELDS = ("agent_room", "bomb_room", "bomb_seq")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -450,14 +471,12 @@ def action_mask(state: State, params: Params) -> jax.Array:
 
 
 class _Round(NamedTuple):
-    """What changes while the agents' actions of one round are applied one after another."""
+    """What changes while the agents' actions of one round are applied one after another (the knowledge
+    arrays are updated once, after the round, from the inspections recorded in :class:`_Inspection`)."""
 
     room: jax.Array
     progress: jax.Array
     status: jax.Array
-    knows: jax.Array
-    knows_that: jax.Array
-    witnessed: jax.Array
     result: jax.Array
     valid: jax.Array
     reward: jax.Array
@@ -465,12 +484,23 @@ class _Round(NamedTuple):
     explosions: jax.Array
 
 
-def _apply_one(is_me: jax.Array, actions: jax.Array, carry: _Round, state: State, params: Params) -> _Round:
+class _Inspection(NamedTuple):
+    """One agent's turn as seen by the knowledge arrays: who inspected (one-hot or empty), which bomb (one-hot
+    or empty) and who was in the room (the inspector included)."""
+
+    inspector: jax.Array  # bool [A]
+    bomb: jax.Array  # bool [B]
+    watchers: jax.Array  # bool [A]
+
+
+def _apply_one(
+    is_me: jax.Array, actions: jax.Array, carry: _Round, state: State, params: Params
+) -> tuple[_Round, _Inspection]:
     """Applies the action of the agent selected by the one-hot ``is_me`` [A] to the partial round state.
 
     One-hot arithmetic over the small agent / bomb / room / colour axes: no gathers, scatters or control flow.
     """
-    room, progress, status, knows, knows_that, witnessed, result, valid, reward, score, explosions = carry
+    room, progress, status, result, valid, reward, score, explosions = carry
     seq, bomb_room, adjacency, phases = state.bomb_seq, state.bomb_room, state.adjacency, state.bomb_phases
     r_n = params.num_rooms
     tool = jnp.asarray(tools(params))
@@ -500,12 +530,8 @@ def _apply_one(is_me: jax.Array, actions: jax.Array, carry: _Round, state: State
     defuse = right & (prog_k + 1 >= phases_k)
     explode = wrong & (params.wrong_cut == "explode")
 
-    # Inspect: the inspector learns k; everyone else in the room sees it happen.
-    onehot_k = bomb_here & inspect_ok
-    knows = knows | (is_me[:, None] & onehot_k[None, :])
-    present = (room == my_room) & ~is_me  # [A]
-    knows_that = knows_that | ((present | is_me)[:, None, None] & is_me[None, :, None] & onehot_k[None, None, :])
-    witnessed = witnessed | (present[:, None] & is_me[None, :] & inspect_ok)
+    # Inspect: the inspector learns k; everyone in the room sees it happen (applied after the round).
+    seen = _Inspection(inspector=is_me & inspect_ok, bomb=bomb_here & inspect_ok, watchers=room == my_room)
 
     # Move, cut.
     room = jnp.where(is_me & move_ok, target, room)
@@ -547,7 +573,7 @@ def _apply_one(is_me: jax.Array, actions: jax.Array, carry: _Round, state: State
     )
     result = jnp.where(is_me, code, result)
     valid = valid | (is_me & (inspect_ok | move_ok | cut_ok))
-    return _Round(room, progress, status, knows, knows_that, witnessed, result, valid, reward, score, explosions)
+    return _Round(room, progress, status, result, valid, reward, score, explosions), seen
 
 
 def _message_colour_room(messages: jax.Array, params: Params) -> tuple[jax.Array, jax.Array]:
@@ -609,18 +635,26 @@ def step_state(
         room=state.agent_room,
         progress=state.bomb_progress,
         status=state.bomb_status,
-        knows=state.knows,
-        knows_that=state.knows_that,
-        witnessed=jnp.zeros((a_n, a_n), bool),
         result=state.last_result,
         valid=jnp.zeros((a_n,), bool),
         reward=jnp.zeros((), jnp.float32),
         score=state.score,
         explosions=state.explosions,
     )
+    seen = []
     for p in range(a_n):
-        carry = _apply_one(rank == p, actions, carry, state, params)
-    room, progress, status, knows, knows_that, witnessed, result, valid, reward, score, explosions = carry
+        carry, inspection = _apply_one(rank == p, actions, carry, state, params)
+        seen.append(inspection)
+    room, progress, status, result, valid, reward, score, explosions = carry
+
+    # The round's inspections, applied once: the inspector learns the bomb's sequence, everyone in the room
+    # (inspector included) knows that the inspector knows it, and the others saw it happen.
+    knows, knows_that, witnessed = state.knows, state.knows_that, jnp.zeros((a_n, a_n), bool)
+    not_self = ~jnp.eye(a_n, dtype=bool)  # [j, i]
+    for ins in seen:
+        knows = knows | (ins.inspector[:, None] & ins.bomb[None, :])
+        knows_that = knows_that | (ins.watchers[:, None, None] & ins.inspector[None, :, None] & ins.bomb[None, None, :])
+        witnessed = witnessed | (ins.watchers[:, None] & ins.inspector[None, :] & not_self)
 
     # Messages: a sender who knows k and names k's remaining sequence tells both teammates.
     if not params.silence:  # silent messages tell nothing

@@ -39,12 +39,16 @@ def distances(adjacency: jax.Array) -> jax.Array:
 
 
 def _random_legal_actions(key: jax.Array, mask: jax.Array) -> jax.Array:
-    """int32 [...]: uniform among the True entries of each row of ``mask`` [..., N] (0 where a row has none).
+    """int32 [...]: uniform among the True entries of each row of ``mask`` [..., N] (0 where a row has none)."""
+    return legal_from_bits(jax.random.bits(key, mask.shape[:-1], jnp.uint32), mask)
+
+
+def legal_from_bits(bits: jax.Array, mask: jax.Array) -> jax.Array:
+    """int32 [...]: the legal action that 32 random ``bits`` [...] pick in each row of ``mask`` [..., N].
 
     One 32-bit draw per row (not one Gumbel variate per entry): its top 24 bits give u in [0, 1), the row picks
-    its k-th legal entry with k = floor(u * count) (off uniform by at most count / 2**24).
+    its k-th legal entry with k = floor(u * count) (off uniform by at most count / 2**24); 0 where a row has none.
     """
-    bits = jax.random.bits(key, mask.shape[:-1], jnp.uint32)
     count = jnp.sum(mask, axis=-1, dtype=jnp.int32)
     u = (bits >> 8).astype(jnp.float32) * (1.0 / (1 << 24))
     k = jnp.minimum(jnp.floor(u * count).astype(jnp.int32), jnp.maximum(count - 1, 0))
