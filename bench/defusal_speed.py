@@ -42,7 +42,7 @@ from jax.sharding import PartitionSpec as P  # noqa: E402
 from envs.defusal import core, scripted  # noqa: E402
 
 
-def _make_rollout(params: core.Params, num_worlds: int, rounds: int, with_obs: bool, devices: list):
+def _make_rollout(params: core.Params, rounds: int, with_obs: bool, devices: list):
     """jit(keys [W] -> checksums [W]): reset W worlds, then ``rounds`` rounds of random legal play.
 
     Per round one draw of bits for every agent's action (``scripted.legal_from_bits``, the sampler of
@@ -137,7 +137,7 @@ def main(argv: list[str] | None = None) -> dict:
             # As many devices as divide the worlds evenly (1 world: one device).
             d = max(k for k in range(1, len(all_devices) + 1) if n % k == 0)
             rounds = max(30, min(3000, args.round_budget // n))
-            fn = _make_rollout(params, n, rounds, with_obs, all_devices[:d])
+            fn = _make_rollout(params, rounds, with_obs, all_devices[:d])
             keys = jax.random.split(key, n)
             if d > 1:
                 keys = jax.device_put(keys, NamedSharding(Mesh(all_devices[:d], ("worlds",)), P("worlds")))

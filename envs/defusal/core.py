@@ -405,6 +405,11 @@ def reset(key: jax.Array, params: Params) -> tuple[dict[str, jax.Array], State]:
     return observe(state, params), state
 
 
+# The fields of a fresh world that reset draws at random (plus ``adjacency`` with ``random_graph``); the others
+# are the same in every fresh world.
+_DRAWN_FIELDS = ("agent_room", "bomb_room", "bomb_seq")
+
+
 def reset_where(keys: jax.Array, states: State, where: jax.Array, params: Params, chunk: int = 0) -> State:
     """Batched auto-reset: world w of ``states`` (leading axis W) becomes ``reset(keys[w], params)`` where
     ``where[w]``, and is kept otherwise.
@@ -447,10 +452,6 @@ def reset_where(keys: jax.Array, states: State, where: jax.Array, params: Params
             out[f] = jnp.where(jnp.reshape(where, (w,) + (1,) * (s.ndim - 1)), t[None], s)
     return State(**out)
 
-
-# The fields of a fresh world that reset draws at random (plus ``adjacency`` with ``random_graph``); the others
-# are the same in every fresh world.
-_DRAWN_FIELDS = ("agent_room", "bomb_room", "bomb_seq")
 
 
 # ---------------------------------------------------------------------------------------------
