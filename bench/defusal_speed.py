@@ -45,14 +45,14 @@ from envs.defusal import core, scripted  # noqa: E402
 def _make_rollout(params: core.Params, rounds: int, with_obs: bool, devices: list):
     """jit(keys [W] -> checksums [W]): reset W worlds, then ``rounds`` rounds of random legal play.
 
-    Per round one draw of bits for every agent's action (``scripted.legal_from_bits``, the sampler of
-    ``scripted.random_legal``), one key per world for the step, and one key for ``reset_where``.
+    Per round one draw of bits for every agent's action (``scripted.pick_legal`` on ``core.legal_set``, the
+    sampler of ``scripted.random_legal``), one key per world for the step, and one key for ``reset_where``.
     """
     a_n = params.num_agents
     silent = jnp.zeros((a_n, params.message_len), jnp.int32)
 
     def one_world(state, bits, key):
-        acts = scripted.legal_from_bits(bits, core.action_mask(state, params))
+        acts = scripted.pick_legal(bits, core.legal_set(state, params))
         if with_obs:
             obs, state, reward, _, _ = core.step(key, state, acts, silent, params)
             return state, reward + obs["tokens"][0, 0] + obs["vector"][0, 0]

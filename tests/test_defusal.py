@@ -378,6 +378,38 @@ def test_random_legal_sampler_is_uniform_over_legal_actions():
     assert np.all(draws[:, 1] == 8) and np.all(draws[:, 2] == 0)
 
 
+def _cumsum_sampler(bits, mask):
+    """The first packed-free form of the random-legal sampler: k = floor(u * count), the k-th legal entry found
+    with a cumulative sum (the reference for :func:`scripted.pick_legal`)."""
+    count = jnp.sum(mask, axis=-1, dtype=jnp.int32)
+    u = (bits >> 8).astype(jnp.float32) * (1.0 / (1 << 24))
+    k = jnp.minimum(jnp.floor(u * count).astype(jnp.int32), jnp.maximum(count - 1, 0))
+    kth = mask & (jnp.cumsum(mask, axis=-1, dtype=jnp.int32) == (k + 1)[..., None])
+    return jnp.argmax(kth, axis=-1).astype(jnp.int32)
+
+
+@pytest.mark.parametrize("n", [1, 2, 5, 9, 16, 31])
+def test_bit_set_sampler_matches_the_mask_sampler(n):
+    rng = np.random.default_rng(n)
+    mask = jnp.asarray(rng.random((5000, n)) < rng.random((5000, 1)))  # from empty to full rows
+    bits = jnp.asarray(rng.integers(0, 2**32, 5000, dtype=np.uint64).astype(np.uint32))
+    np.testing.assert_array_equal(np.asarray(scripted.legal_from_bits(bits, mask)),
+                                  np.asarray(_cumsum_sampler(bits, mask)))
+
+
+@pytest.mark.parametrize("options", [{}, {"random_graph": True, "start": "separate", "tools_per_agent": 1},
+                                     {"num_rooms": 3, "num_bombs": 2, "tools_per_agent": 3}])
+def test_legal_set_is_the_packed_action_mask(options):
+    params = core.Params(**options)
+    rng = np.random.default_rng(0)
+    _, s = jax.vmap(lambda k: core.reset(k, params))(jax.random.split(jax.random.key(2), 500))
+    s = s._replace(bomb_status=jnp.asarray(rng.integers(0, 3, s.bomb_status.shape), jnp.int32),
+                   agent_room=jnp.asarray(rng.integers(0, params.num_rooms, s.agent_room.shape), jnp.int32))
+    mask = jax.vmap(lambda x: core.action_mask(x, params))(s)
+    packed = np.sum(np.asarray(mask) << np.arange(core.NUM_ACTIONS), axis=-1)
+    np.testing.assert_array_equal(np.asarray(jax.vmap(lambda x: core.legal_set(x, params))(s)), packed)
+
+
 @pytest.mark.parametrize("worlds, done_p", [(64, 0.05), (64, 1.0), (8, 0.5)])
 def test_reset_where_equals_resetting_every_world(worlds, done_p):
     """Only the finished worlds are reset, in chunks (here 8 at a time: 64 finished worlds take 8 passes), with

@@ -471,6 +471,24 @@ def action_mask(state: State, params: Params) -> jax.Array:
     return jnp.concatenate([active_here[:, None], moves, cuts], axis=1)
 
 
+def legal_set(state: State, params: Params) -> jax.Array:
+    """int32 [A]: :func:`action_mask` packed into bits (bit j set: action j legal), by elementwise integer
+    arithmetic (no [A, 9] mask, cumulative sums or argmaxes; the sampler :func:`scripted.pick_legal` reads it)."""
+    r = params.num_rooms
+    rooms = jnp.arange(r)
+    # Rooms holding an active bomb, as a bit set (bombs lie in distinct rooms).
+    live = jnp.sum(jnp.where(state.bomb_status == ACTIVE, jnp.left_shift(1, state.bomb_room), 0))
+    active_here = jnp.right_shift(live, state.agent_room) & 1  # [A]
+    # Each room's neighbours as a bit set (bit 1 + j: the move to room j), then the agent's room's row.
+    row_bits = jnp.sum(jnp.where(state.adjacency, jnp.left_shift(2, rooms)[None, :], 0), axis=1)  # [R]
+    moves = jnp.zeros_like(state.agent_room)
+    for v in range(r):
+        moves = jnp.where(state.agent_room == v, row_bits[v], moves)
+    tool_bits = np.sum(tools(params) * (1 << (1 + MAX_ROOMS + np.arange(NUM_COLOURS)))[None, :], axis=1)  # [A]
+    cuts = jnp.where(active_here > 0, jnp.asarray(tool_bits, jnp.int32), 0)
+    return (active_here | moves | cuts).astype(jnp.int32)
+
+
 class _Round(NamedTuple):
     """What changes while the agents' actions of one round are applied one after another (the knowledge
     arrays are updated once, after the round, from the inspections recorded in :class:`_Inspection`)."""

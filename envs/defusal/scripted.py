@@ -48,18 +48,42 @@ def legal_from_bits(bits: jax.Array, mask: jax.Array) -> jax.Array:
 
     One 32-bit draw per row (not one Gumbel variate per entry): its top 24 bits give u in [0, 1), the row picks
     its k-th legal entry with k = floor(u * count) (off uniform by at most count / 2**24); 0 where a row has none.
+    Packs each row into a bit set and calls :func:`pick_legal` (N <= 31).
     """
-    count = jnp.sum(mask, axis=-1, dtype=jnp.int32)
+    n = mask.shape[-1]
+    if n > 31:
+        raise ValueError(f"legal_from_bits: rows of {n} actions; at most 31 fit a bit set")
+    packed = jnp.sum(jnp.where(mask, jnp.left_shift(1, jnp.arange(n, dtype=jnp.int32)), 0), axis=-1, dtype=jnp.int32)
+    return pick_legal(bits, packed, n)
+
+
+def pick_legal(bits: jax.Array, legal: jax.Array, n: int = core.NUM_ACTIONS) -> jax.Array:
+    """int32 [...]: :func:`legal_from_bits` on rows given as bit sets ``legal`` [...] (bit j: action j legal,
+    j < ``n``), e.g. from :func:`core.legal_set`; the same action for the same bits.
+
+    The k-th set bit is found by a binary search on population counts: elementwise integer operations only.
+    """
+    legal = legal.astype(jnp.int32)
+    count = jax.lax.population_count(legal)
     u = (bits >> 8).astype(jnp.float32) * (1.0 / (1 << 24))
     k = jnp.minimum(jnp.floor(u * count).astype(jnp.int32), jnp.maximum(count - 1, 0))
-    kth = mask & (jnp.cumsum(mask, axis=-1, dtype=jnp.int32) == (k + 1)[..., None])
-    return jnp.argmax(kth, axis=-1).astype(jnp.int32)
+    idx = jnp.zeros_like(legal)
+    width = 1 << max(0, (n - 1).bit_length() - 1)  # the k-th set bit lies in the low 2 * width bits
+    while width >= 1:
+        below = jax.lax.population_count(legal & ((1 << width) - 1))
+        up = k >= below  # the k-th set bit is in the upper half of the window
+        k = jnp.where(up, k - below, k)
+        legal = jnp.where(up, jnp.right_shift(legal, width), legal)
+        idx = jnp.where(up, idx + width, idx)
+        width //= 2
+    return jnp.where(count > 0, idx, 0).astype(jnp.int32)
 
 
 def random_legal(key: jax.Array, state: core.State, params: core.Params) -> tuple[jax.Array, jax.Array]:
     """Uniform over each agent's legal actions; no messages."""
-    mask = core.action_mask(state, params)
-    return _random_legal_actions(key, mask), jnp.zeros((params.num_agents, params.message_len), jnp.int32)
+    bits = jax.random.bits(key, (params.num_agents,), jnp.uint32)
+    silent = jnp.zeros((params.num_agents, params.message_len), jnp.int32)
+    return pick_legal(bits, core.legal_set(state, params)), silent
 
 
 def _team_policy(key: jax.Array, state: core.State, params: core.Params, full_info: bool) -> tuple[jax.Array, ...]:
