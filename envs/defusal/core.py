@@ -309,24 +309,28 @@ def vector_size(params: Params) -> int:
 # ---------------------------------------------------------------------------------------------
 
 
-def _permutation_ranks(key: jax.Array, n: int) -> jax.Array:
-    """int32 [n]: the position of element i in ``jax.random.permutation(key, n)``.
+def _ranks(bits: jax.Array) -> jax.Array:
+    """int32 [..., n]: the rank of each of the n random words of a row among them (ties broken by position).
 
-    Bit-identical while one sort round suffices (n <= 1625).
-    ``permutation`` draws one 32-bit sort key per element (one round for these sizes) and stably sorts by it;
-    ranking the same keys with pairwise comparisons gives the same order without a sort.
-    """
-    _, sub = jax.random.split(key)
-    bits = jax.random.bits(sub, (n,), jnp.uint32)
+    For independent uniform words this is a uniformly random permutation (word i goes to position rank[i]),
+    found with pairwise comparisons: no sort."""
+    n = bits.shape[-1]
     earlier = jnp.arange(n)[None, :] < jnp.arange(n)[:, None]  # [i, j]: j before i
-    less = (bits[None, :] < bits[:, None]) | ((bits[None, :] == bits[:, None]) & earlier)
-    return jnp.sum(less, axis=1, dtype=jnp.int32)
+    below = bits[..., None, :] < bits[..., :, None]
+    tie = bits[..., None, :] == bits[..., :, None]
+    return jnp.sum(below | (tie & earlier), axis=-1, dtype=jnp.int32)
 
 
-def _permutation(key: jax.Array, n: int) -> jax.Array:
-    """``jax.random.permutation(key, n)`` (same values) without a sort."""
-    rank = _permutation_ranks(key, n)
-    return jnp.sum(jnp.where(rank[None, :] == jnp.arange(n)[:, None], jnp.arange(n)[None, :], 0), axis=1)
+def _order(rank: jax.Array) -> jax.Array:
+    """int32 [..., n]: the inverse of ``rank`` (order[p] = the i with rank[i] == p), by one-hot sums."""
+    n = rank.shape[-1]
+    at = rank[..., None, :] == jnp.arange(n)[:, None]  # [..., p, i]
+    return jnp.sum(jnp.where(at, jnp.arange(n), 0), axis=-1, dtype=jnp.int32)
+
+
+def _below(bits: jax.Array, n: jax.Array | int) -> jax.Array:
+    """int32: a uniform integer in [0, n) from each random 32-bit word (its top 24 bits; n <= 256)."""
+    return jnp.right_shift(jnp.right_shift(bits, 8) * jnp.asarray(n, jnp.uint32), 24).astype(jnp.int32)
 
 
 def _lookup(table: np.ndarray, index: jax.Array) -> jax.Array:
@@ -342,41 +346,66 @@ def _lookup(table: np.ndarray, index: jax.Array) -> jax.Array:
 # ---------------------------------------------------------------------------------------------
 
 
+def _graph_words(num_rooms: int) -> int:
+    """Random words one random graph takes: a room order, a parent per non-root room, one per other edge."""
+    return 2 * num_rooms - 1 + num_rooms * (num_rooms - 1) // 2
+
+
+def _adjacency_from_bits(words: jax.Array, num_rooms: int, extra_prob: float) -> jax.Array:
+    """A random connected graph from ``_graph_words(num_rooms)`` random words: a random spanning tree (rooms in a
+    random order, each attached to a uniformly chosen earlier one) plus each other edge with prob ``extra_prob``."""
+    r = num_rooms
+    rooms = jnp.arange(r)
+    order = _order(_ranks(words[:r]))
+    parent_pos = _below(words[r : 2 * r - 1], np.arange(1, r))  # uniform in 0..i-1 for the i-th room, i >= 1
+    parent = jnp.sum(jnp.where(parent_pos[:, None] == rooms[None, :], order[None, :], 0), axis=1)
+    child_at = order[1:, None] == rooms[None, :]  # [r-1, r] one-hot
+    parent_at = parent[:, None] == rooms[None, :]
+    tree = jnp.any((child_at[:, :, None] & parent_at[:, None, :]) | (parent_at[:, :, None] & child_at[:, None, :]), 0)
+    iu, ju = np.triu_indices(r, 1)
+    pairs = np.zeros((len(iu), r, r), bool)
+    pairs[np.arange(len(iu)), iu, ju] = pairs[np.arange(len(iu)), ju, iu] = True
+    threshold = int(round(extra_prob * (1 << 24)))
+    extra = jnp.right_shift(words[2 * r - 1 :], 8) < threshold  # one per pair i < j
+    return tree | jnp.any(extra[:, None, None] & jnp.asarray(pairs), axis=0)
+
+
 def random_adjacency(key: jax.Array, num_rooms: int, extra_prob: float = 0.5) -> jax.Array:
     """A random connected graph: a random spanning tree plus each other edge with prob ``extra_prob``."""
-    k_perm, k_par, k_extra = jax.random.split(key, 3)
-    r = num_rooms
-    order = _permutation(k_perm, r)
-    adj = jnp.zeros((r, r), dtype=bool)
-    if r > 1:
-        pos = jnp.arange(1, r)
-        parent_pos = jnp.floor(jax.random.uniform(k_par, (r - 1,)) * pos).astype(jnp.int32)
-        child, parent = order[pos], order[parent_pos]
-        adj = adj.at[child, parent].set(True).at[parent, child].set(True)
-        extra = jax.random.bernoulli(k_extra, extra_prob, (r, r))
-        extra = jnp.triu(extra, 1)
-        adj = adj | extra | extra.T
-    return adj
+    words = jax.random.bits(key, (_graph_words(num_rooms),), jnp.uint32)
+    return _adjacency_from_bits(words, num_rooms, extra_prob)
+
+
+def _reset_words(params: Params) -> tuple[int, int, int, int]:
+    """Random words a reset draws for (the graph, the bomb rooms, the colour sequences, the start rooms)."""
+    a, b, r = params.num_agents, params.num_bombs, params.num_rooms
+    start = 1 if params.start == "same" else (r if r >= a else a)
+    return (_graph_words(r) if params.random_graph else 0), r, b * NUM_COLOURS, start
 
 
 def reset(key: jax.Array, params: Params) -> tuple[dict[str, jax.Array], State]:
-    """Starts an episode; returns (observation, state). Observation arrays have a leading agent axis."""
+    """Starts an episode; returns (observation, state). Observation arrays have a leading agent axis.
+
+    Every random choice comes from one draw of 32-bit words: permutations rank a row of words, uniform
+    integers take a word's top 24 bits."""
     a, b, r, m = params.num_agents, params.num_bombs, params.num_rooms, params.message_len
-    k_graph, k_bomb, k_seq, k_start = jax.random.split(key, 4)
+    n_graph, n_bomb, n_seq, n_start = _reset_words(params)
+    words = jax.random.bits(key, (n_graph + n_bomb + n_seq + n_start,), jnp.uint32)
+    w_graph, w_bomb, w_seq, w_start = jnp.split(words, np.cumsum([n_graph, n_bomb, n_seq])[:3])
     if params.random_graph:
-        adjacency = random_adjacency(k_graph, r)
+        adjacency = _adjacency_from_bits(w_graph, r, 0.5)
     else:
         adjacency = jnp.asarray(released_adjacency(r))
-    bomb_room = _permutation(k_bomb, r)[:b].astype(jnp.int32)
+    bomb_room = _order(_ranks(w_bomb))[:b]
     phases = jnp.asarray(bomb_phases(params))
-    perms = jax.vmap(lambda k: _permutation(k, NUM_COLOURS))(jax.random.split(k_seq, b))
+    perms = _order(_ranks(w_seq.reshape(b, NUM_COLOURS)))
     seq = jnp.where(jnp.arange(MAX_PHASES)[None, :] < phases[:, None], perms, -1).astype(jnp.int32)
     if params.start == "same":
-        agent_room = jnp.full((a,), jax.random.randint(k_start, (), 0, r), dtype=jnp.int32)
+        agent_room = jnp.full((a,), _below(w_start[0], r), dtype=jnp.int32)
     elif r >= a:
-        agent_room = _permutation(k_start, r)[:a].astype(jnp.int32)
+        agent_room = _order(_ranks(w_start))[:a]
     else:
-        agent_room = jax.random.randint(k_start, (a,), 0, r).astype(jnp.int32)
+        agent_room = _below(w_start, r)
     zero = jnp.zeros((), jnp.int32)
     state = State(
         agent_room=agent_room,
@@ -649,7 +678,7 @@ def step_state(
     messages = jnp.clip(jnp.asarray(messages, jnp.int32), 0, NUM_MESSAGE_IDS - 1)
     if params.silence:
         messages = jnp.zeros_like(messages)
-    rank = _permutation_ranks(key, a_n)  # agent i acts rank[i]-th (order = jax.random.permutation(key, a_n))
+    rank = _ranks(jax.random.bits(key, (a_n,), jnp.uint32))  # agent i acts rank[i]-th: a random turn order
     carry = _Round(
         room=state.agent_room,
         progress=state.bomb_progress,
