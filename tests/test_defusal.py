@@ -429,17 +429,29 @@ def test_bit_set_sampler_matches_the_mask_sampler(n):
                                   np.asarray(_cumsum_sampler(bits, mask)))
 
 
+def _one_hot_mask(state, params):
+    """bool [A, 9]: the legal actions by one-hot arithmetic (the reference for :func:`core.legal_set`)."""
+    here = state.bomb_room[None, :] == state.agent_room[:, None]  # [A, B]
+    active_here = jnp.any(here & (state.bomb_status == core.ACTIVE)[None, :], axis=1)
+    at = state.agent_room[:, None] == jnp.arange(params.num_rooms)[None, :]
+    moves = jnp.any(at[:, :, None] & state.adjacency[None, :, :], axis=1)
+    moves = jnp.pad(moves, ((0, 0), (0, core.MAX_ROOMS - params.num_rooms)))
+    cuts = jnp.asarray(core.tools(params)) & active_here[:, None]
+    return jnp.concatenate([active_here[:, None], moves, cuts], axis=1)
+
+
 @pytest.mark.parametrize("options", [{}, {"random_graph": True, "start": "separate", "tools_per_agent": 1},
                                      {"num_rooms": 3, "num_bombs": 2, "tools_per_agent": 3}])
-def test_legal_set_is_the_packed_action_mask(options):
+def test_legal_set_and_action_mask_match_one_hot_rules(options):
     params = core.Params(**options)
     rng = np.random.default_rng(0)
     _, s = jax.vmap(lambda k: core.reset(k, params))(jax.random.split(jax.random.key(2), 500))
     s = s._replace(bomb_status=jnp.asarray(rng.integers(0, 3, s.bomb_status.shape), jnp.int32),
                    agent_room=jnp.asarray(rng.integers(0, params.num_rooms, s.agent_room.shape), jnp.int32))
-    mask = jax.vmap(lambda x: core.action_mask(x, params))(s)
-    packed = np.sum(np.asarray(mask) << np.arange(core.NUM_ACTIONS), axis=-1)
+    want = np.asarray(jax.vmap(lambda x: _one_hot_mask(x, params))(s))
+    packed = np.sum(want << np.arange(core.NUM_ACTIONS), axis=-1)
     np.testing.assert_array_equal(np.asarray(jax.vmap(lambda x: core.legal_set(x, params))(s)), packed)
+    np.testing.assert_array_equal(np.asarray(jax.vmap(lambda x: core.action_mask(x, params))(s)), want)
 
 
 @pytest.mark.parametrize("worlds, done_p", [(64, 0.05), (64, 1.0), (8, 0.5)])

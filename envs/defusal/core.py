@@ -489,20 +489,16 @@ def reset_where(keys: jax.Array, states: State, where: jax.Array, params: Params
 
 
 def action_mask(state: State, params: Params) -> jax.Array:
-    """bool [A, 9]: legal actions per agent (inspect / move along an edge / cut with an owned cutter)."""
-    r = params.num_rooms
-    here = state.bomb_room[None, :] == state.agent_room[:, None]  # [A, B]
-    active_here = jnp.any(here & (state.bomb_status == ACTIVE)[None, :], axis=1)  # [A]
-    at = state.agent_room[:, None] == jnp.arange(r)[None, :]  # [A, R] one-hot
-    moves = jnp.any(at[:, :, None] & state.adjacency[None, :, :], axis=1)  # [A, R] = adjacency[agent_room]
-    moves = jnp.pad(moves, ((0, 0), (0, MAX_ROOMS - r)))
-    cuts = jnp.asarray(tools(params)) & active_here[:, None]
-    return jnp.concatenate([active_here[:, None], moves, cuts], axis=1)
+    """bool [A, 9]: legal actions per agent (inspect / move along an edge / cut with an owned cutter); the bit set
+    :func:`legal_set` unpacked."""
+    return (jnp.right_shift(legal_set(state, params)[:, None], jnp.arange(NUM_ACTIONS)) & 1).astype(bool)
 
 
 def legal_set(state: State, params: Params) -> jax.Array:
-    """int32 [A]: :func:`action_mask` packed into bits (bit j set: action j legal), by elementwise integer
-    arithmetic (no [A, 9] mask, cumulative sums or argmaxes; the sampler :func:`scripted.pick_legal` reads it)."""
+    """int32 [A]: each agent's legal actions as a bit set (bit j set: action j legal; :func:`action_mask` is it
+    unpacked), by elementwise integer arithmetic (no [A, 9] mask, cumulative sums or argmaxes; the sampler
+    :func:`scripted.pick_legal` reads it). Action 0 inspects (a bomb is active here), 1 + j moves to room j (an
+    edge), 1 + MAX_ROOMS + c cuts with colour c (an owned cutter and an active bomb here)."""
     r = params.num_rooms
     rooms = jnp.arange(r)
     # Rooms holding an active bomb, as a bit set (bombs lie in distinct rooms).
