@@ -109,8 +109,8 @@ def test_results_md_equals_json(defusal_eval):
     _check_md_equals_json(json.loads((out / "results.json").read_text()), (out / "results.md").read_text())
 
 
-def test_probe_rows_are_measured_on_the_same_samples(defusal_eval):
-    """The trained and random-init rows are probes on the same held-out samples. (Whether random features carry
+def test_probe_rows_are_valid_measurements(defusal_eval):
+    """Every probe row holds accuracies in [0, 1] for each order, from non-empty splits. (Whether random features carry
     theory-of-mind information is an empirical question: with 6 episodes x 2 seeds a random-init probe scored
     from 0.83 to 1.07 times the base rate across seed sets, so no closeness is asserted here; the probe's
     noise control is tested on synthetic data below.)"""
