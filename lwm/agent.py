@@ -77,6 +77,10 @@ class Agent:
         self.heads = ac.action_heads(act_spec)
         self.act_spec = act_spec
         self.mask = ac.parse_mask(cfg.actor.mask, self.obs_spec, self.heads)  # (obs key, head) or None
+        if self.mask is not None and not any(k.name == self.mask[0] and k.kind == "vector" for k in self.keys):
+            raise ValueError(f"agent.actor.mask={cfg.actor.mask!r}: imagination masks with the world model's decoded "
+                             f"{self.mask[0]!r}, but agent.obs_keys={cfg.obs_keys!r} leaves it out of the model's "
+                             f"keys {[k.name for k in self.keys]}; include it.")
         self.tx = make_optimizer(cfg.opt)
         self.rec_scales = check_rec_scales(cfg.rec_scales, self.keys)
         if config.replay.priority_signal not in ("model", "heads"):
@@ -152,13 +156,31 @@ class Agent:
         embed = nets.wm.encoder({k.name: obs[k.name] for k in self.keys})
         state, _ = nets.wm.rssm.obs_step(carry["state"], carry["action"], embed, is_first, k1)
         logits = nets.actor(nets.wm.rssm.feat(state))
-        if self.mask is not None:  # acting only: imagination has no mask (the world model learns illegal no-ops)
+        if self.mask is not None:  # acting: the observed mask (imagination uses the decoded one: `dream_logits`)
             key_name, head = self.mask
             logits = {**logits, head: ac.mask_logits(logits[head], obs[key_name])}
         idx = ac.sample_actions(self.heads, logits, k2, greedy)
         carry = {"state": state, "action": ac.onehot_actions(self.heads, idx)}
         actions = {h.name: idx[h.name] + h.low for h in self.heads}
         return carry, actions, state
+
+    def dream_logits(self, actor, wm, feat: jax.Array, taken: dict[str, jax.Array] | None = None
+                     ) -> dict[str, jax.Array]:
+        """The actor's logits in imagination. With `agent.actor.mask`, the masked head's illegal actions are those
+        the world model decodes as illegal from `feat` (as acting masks with the observed flags): a masked policy
+        never takes an illegal action, so replay holds none and the model cannot know their outcome; unmasked,
+        the actor would learn from what the model makes up for them. `taken` (indices per head) are always
+        allowed, so that the log-probability of an action sampled in the dream stays finite if a flag decoded
+        again flips. A row with no legal action is left unmasked (as when acting)."""
+        logits = actor(feat)
+        if self.mask is None:
+            return logits
+        key_name, head = self.mask
+        legal = wm.decoder.predict_flags(feat, key_name)
+        legal = legal | ~jnp.any(legal, -1, keepdims=True)
+        if taken is not None:
+            legal = legal | (jnp.arange(legal.shape[-1]) == taken[head][..., None])
+        return {**logits, head: ac.mask_logits(logits[head], legal)}
 
     # ---------------------------------------------------------------------------------------------- train
     def _losses(self, params, slow, retnorm, batch, key):
@@ -193,7 +215,7 @@ class Agent:
             start_cont = start_cont[idx]
 
         def policy(state, k):
-            logits = frozen.actor(wm_sg.rssm.feat(state))
+            logits = self.dream_logits(frozen.actor, wm_sg, wm_sg.rssm.feat(state))
             return ac.onehot_actions(self.heads, ac.sample_actions(self.heads, logits, k))
 
         states, img_actions = wm_sg.rssm.imagine(start, policy, cfg.imag.horizon, k_img)  # [N, H+1]
@@ -207,8 +229,9 @@ class Agent:
         new_retnorm = ac.retnorm_update(retnorm, ret, rn.decay, rn.low, rn.high)
         norm = ac.retnorm_scale(new_retnorm, rn.limit)
         adv = sg((ret - value[:, :-1]) / norm)
-        logits = nets.actor(ifeat[:, :-1])
         idx = ac.split_onehot(self.heads, img_actions[:, :-1])
+        # The masked head's flags come from the frozen decoder (no gradient into the world model from here).
+        logits = self.dream_logits(nets.actor, wm_sg, ifeat[:, :-1], idx)
         logp = ac.log_prob(self.heads, logits, idx)
         ent = ac.entropy(self.heads, logits)
         policy_loss = -(adv * logp + cfg.actor.entropy * ent)

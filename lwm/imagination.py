@@ -251,7 +251,7 @@ class Imagination:
         start = jax.tree.map(lambda x: x[:, context - 1], rep["state"])
 
         def policy(state, k):
-            logits = nets.actor(wm.rssm.feat(state))
+            logits = agent.dream_logits(nets.actor, wm, wm.rssm.feat(state))  # masked as in training's imagination
             return ac.onehot_actions(agent.heads, ac.sample_actions(agent.heads, logits, k))
 
         states, actions = wm.rssm.imagine(start, policy, T - context, k_dream)  # [N, H+1]

@@ -196,6 +196,39 @@ def test_policy_traces_once_over_episodes():
     assert driver.pop_episodes()
 
 
+def test_imagination_masks_with_the_decoded_action_mask():
+    """In imagination the masked head samples only what the world model decodes as legal (acting uses the observed
+    mask); the decoded flags are the decoder's own prediction of `action_mask`, thresholded at probability 1/2."""
+    from flax import nnx
+
+    from lwm import dists
+
+    config = lwm_config.load(["debug"], {"agent.actor.mask": "action_mask:move"})
+    env = envs.make_batched("defusal_small", 2, **SMALL)
+    obs_spec, act_spec = team_specs(env)
+    agent = Agent(obs_spec, act_spec, config)
+    nets = nnx.merge(agent.graph, agent.init(0)["params"])
+    wm = nets.wm
+    feat = 3.0 * jax.random.normal(jax.random.key(1), (256, wm.rssm.feat_dim))
+    flags = np.asarray(wm.decoder.predict_flags(feat, "action_mask"))
+    prob = np.asarray(wm.decoder.predict(feat)["action_mask"]) / float(dists.symlog(jnp.ones(())))
+    np.testing.assert_array_equal(flags, prob > 0.5)
+    assert 0 < flags.mean() < 1, "random features should decode some legal and some illegal moves"
+    legal = flags | ~flags.any(-1, keepdims=True)  # a row with nothing legal stays unmasked
+    logits = agent.dream_logits(nets.actor, wm, feat)
+    moves = np.asarray(jax.random.categorical(jax.random.key(2), logits["move"], -1, shape=(20, 256)))
+    assert np.take_along_axis(legal, moves.T, 1).all()
+    unmasked = np.asarray(jax.random.categorical(jax.random.key(2), nets.actor(feat)["move"], -1, shape=(20, 256)))
+    assert not np.take_along_axis(legal, unmasked.T, 1).all()  # the mask is what keeps them legal
+    # An action taken in the dream stays allowed when the loss recomputes the logits.
+    taken = {"move": jnp.asarray(np.argmin(legal, 1)), "talk": jnp.zeros(256, jnp.int32)}
+    relogits = agent.dream_logits(nets.actor, wm, feat, taken)["move"]
+    assert np.all(np.take_along_axis(np.asarray(relogits), np.asarray(taken["move"])[:, None], 1) > -1e8)
+    with pytest.raises(ValueError, match="leaves it out of the model's keys"):
+        Agent(obs_spec, act_spec, lwm_config.load(["debug"], {"agent.actor.mask": "action_mask:move",
+                                                                "agent.obs_keys": "^(vector|tokens|agent_id)$"}))
+
+
 def test_bad_team_input():
     env = envs.make_batched("defusal_small", 2, **SMALL)
     env.reset()
