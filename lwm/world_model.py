@@ -168,10 +168,10 @@ class Decoder(nnx.Module):
                     i += n
         return out
 
-    def predict_flags(self, feat: jax.Array, name: str) -> jax.Array:
+    def predict_flags(self, feat: jax.Array, name: str, threshold: float = 0.5) -> jax.Array:
         """bool [..., *shape]: the decoded value of the bool vector observation `name` (e.g. a legal-action mask),
-        true where its predicted probability is above 1/2. Runs only the vector head, not the token or image
-        decoders. The vector head predicts symlog(x), so for x in {0, 1} its mean is P(x = 1) * symlog(1)."""
+        true where its predicted probability is at least `threshold`. Runs only the vector head, not the token or
+        image decoders. The vector head predicts symlog(x), so for x in {0, 1} its mean is P(x = 1) * symlog(1)."""
         i = 0
         for k in self.keys:
             if k.kind == "vector" and not k.conv:
@@ -179,7 +179,7 @@ class Decoder(nnx.Module):
                     if k.dtype != "bool":
                         raise ValueError(f"observation {name!r} is {k.dtype}; only a bool vector decodes as flags.")
                     flat = self.vec_mlp(feat)[..., i: i + k.size]
-                    return flat.reshape(feat.shape[:-1] + k.shape) > 0.5 * float(np.log1p(1.0))
+                    return flat.reshape(feat.shape[:-1] + k.shape) >= threshold * float(np.log1p(1.0))
                 i += k.size
             elif k.kind == "onehot" and not k.conv:
                 i += k.size * k.classes

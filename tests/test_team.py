@@ -224,6 +224,15 @@ def test_imagination_masks_with_the_decoded_action_mask():
     taken = {"move": jnp.asarray(np.argmin(legal, 1)), "talk": jnp.zeros(256, jnp.int32)}
     relogits = agent.dream_logits(nets.actor, wm, feat, taken)["move"]
     assert np.all(np.take_along_axis(np.asarray(relogits), np.asarray(taken["move"])[:, None], 1) > -1e8)
+    low = np.asarray(wm.decoder.predict_flags(feat, "action_mask", 0.1))
+    np.testing.assert_array_equal(low, prob >= 0.1)
+    assert low.sum() > flags.sum()  # a lower threshold masks only the moves the model is surer are illegal
+    off = Agent(obs_spec, act_spec, lwm_config.load(["debug"], {"agent.actor.mask": "action_mask:move",
+                                                                  "agent.actor.dream_mask": 0.0}))
+    np.testing.assert_array_equal(off.dream_logits(nets.actor, wm, feat)["move"], nets.actor(feat)["move"])
+    with pytest.raises(ValueError, match="dream_mask=1.5 must be in"):
+        Agent(obs_spec, act_spec, lwm_config.load(["debug"], {"agent.actor.mask": "action_mask:move",
+                                                                "agent.actor.dream_mask": 1.5}))
     with pytest.raises(ValueError, match="leaves it out of the model's keys"):
         Agent(obs_spec, act_spec, lwm_config.load(["debug"], {"agent.actor.mask": "action_mask:move",
                                                                 "agent.obs_keys": "^(vector|tokens|agent_id)$"}))
