@@ -80,8 +80,8 @@ class Agent:
         if not 0.0 <= cfg.actor.dream_mask <= 1.0:
             raise ValueError(f"agent.actor.dream_mask={cfg.actor.dream_mask!r} must be in [0, 1] (0: imagination "
                              "unmasked; else the decoded probability below which a move is illegal in imagination).")
-        decoded = any(k.name == (self.mask or ("",))[0] and k.kind == "vector" for k in self.keys)
-        if self.mask is not None and cfg.actor.dream_mask > 0 and not decoded:
+        if (self.mask is not None and cfg.actor.dream_mask > 0
+                and not any(k.name == self.mask[0] and k.kind == "vector" for k in self.keys)):
             raise ValueError(f"agent.actor.mask={cfg.actor.mask!r}: imagination masks with the world model's decoded "
                              f"{self.mask[0]!r}, but agent.obs_keys={cfg.obs_keys!r} leaves it out of the model's "
                              f"keys {[k.name for k in self.keys]}; include it.")
@@ -172,11 +172,11 @@ class Agent:
                      ) -> dict[str, jax.Array]:
         """The actor's logits in imagination. With `agent.actor.mask`, the masked head's illegal actions are those
         the world model decodes as illegal from `feat` (decoded probability below `agent.actor.dream_mask`; acting
-        masks with the observed flags): a masked policy
-        never takes an illegal action, so replay holds none and the model cannot know their outcome; unmasked,
-        the actor would learn from what the model makes up for them. `taken` (indices per head) are always
-        allowed, so that the log-probability of an action sampled in the dream stays finite if a flag decoded
-        again flips. A row with no legal action is left unmasked (as when acting)."""
+        masks with the observed flags): a masked policy never takes an illegal action, so replay holds none and
+        the model cannot know their outcome; unmasked, the actor would learn from what the model makes up for them.
+        `taken` (indices per head) are always allowed, so that the log-probability of an action sampled in the
+        dream stays finite if a flag decoded again flips. A row with no legal action is left unmasked (as when
+        acting)."""
         logits = actor(feat)
         threshold = self.config.agent.actor.dream_mask
         if self.mask is None or threshold <= 0:

@@ -157,34 +157,34 @@ class Decoder(nnx.Module):
             out[name] = mlp(feat).reshape(lead + k.shape + (k.classes,))
         if self.vec_mlp is not None:
             flat = self.vec_mlp(feat)
-            i = 0
-            for k in self.keys:
-                if k.kind == "vector":
-                    out[k.name] = flat[..., i: i + k.size].reshape(lead + k.shape)
-                    i += k.size
-                elif k.kind == "onehot" and not k.conv:
-                    n = k.size * k.classes
-                    out[k.name] = flat[..., i: i + n].reshape(lead + k.shape + (k.classes,))
-                    i += n
+            for k, i, n in self._vector_parts():
+                tail = k.shape + ((k.classes,) if k.kind == "onehot" else ())
+                out[k.name] = flat[..., i: i + n].reshape(lead + tail)
         return out
+
+    def _vector_parts(self) -> list[tuple[ObsKey, int, int]]:
+        """(key, offset, width) of each vector / flat one-hot key in the vector head's output, in key order."""
+        parts, i = [], 0
+        for k in self.keys:
+            if k.kind in ("vector", "onehot") and not k.conv:
+                n = k.size * (k.classes if k.kind == "onehot" else 1)
+                parts.append((k, i, n))
+                i += n
+        return parts
 
     def predict_flags(self, feat: jax.Array, name: str, threshold: float = 0.5) -> jax.Array:
         """bool [..., *shape]: the decoded value of the bool vector observation `name` (e.g. a legal-action mask),
         true where its predicted probability is at least `threshold`. Runs only the vector head, not the token or
         image decoders. The vector head predicts symlog(x), so for x in {0, 1} its mean is P(x = 1) * symlog(1)."""
-        i = 0
-        for k in self.keys:
-            if k.kind == "vector" and not k.conv:
-                if k.name == name:
-                    if k.dtype != "bool":
-                        raise ValueError(f"observation {name!r} is {k.dtype}; only a bool vector decodes as flags.")
-                    flat = self.vec_mlp(feat)[..., i: i + k.size]
-                    return flat.reshape(feat.shape[:-1] + k.shape) >= threshold * float(np.log1p(1.0))
-                i += k.size
-            elif k.kind == "onehot" and not k.conv:
-                i += k.size * k.classes
+        for k, i, n in self._vector_parts():
+            if k.name == name and k.kind == "vector":
+                if k.dtype != "bool":
+                    raise ValueError(f"observation {name!r} is {k.dtype}; only a bool vector decodes as flags.")
+                flat = self.vec_mlp(feat)[..., i: i + n]
+                return flat.reshape(feat.shape[:-1] + k.shape) >= threshold * float(np.log1p(1.0))
+        vectors = [k.name for k, _, _ in self._vector_parts() if k.kind == "vector"]
         raise ValueError(f"observation {name!r} is not a vector the world model reconstructs; "
-                         f"reconstructed vectors: {[k.name for k in self.keys if k.kind == 'vector' and not k.conv]}.")
+                         f"reconstructed vectors: {vectors}.")
 
     def loss(self, feat: jax.Array, obs: Mapping[str, jax.Array]) -> dict[str, jax.Array]:
         pred = self.predict(feat)
