@@ -85,6 +85,10 @@ class Agent:
             raise ValueError(f"agent.actor.mask={cfg.actor.mask!r}: imagination masks with the world model's decoded "
                              f"{self.mask[0]!r}, but agent.obs_keys={cfg.obs_keys!r} leaves it out of the model's "
                              f"keys {[k.name for k in self.keys]}; include it.")
+        start = cfg.opt.actor_start
+        if isinstance(start, bool) or not isinstance(start, int) or start < 0:
+            raise ValueError(f"agent.opt.actor_start={start!r} must be an integer >= 0 (train updates before the "
+                             "actor's first; 0 = from the first).")
         self.tx = make_optimizer(cfg.opt)
         self.rec_scales = check_rec_scales(cfg.rec_scales, self.keys)
         if config.replay.priority_signal not in ("model", "heads"):
@@ -286,10 +290,14 @@ class Agent:
         grads, (metrics, retnorm, post) = jax.grad(self._losses, has_aux=True)(
             ts["params"], ts["slow"], ts["retnorm"], batch, sub)
         updates, opt = self.tx.update(grads, ts["opt"], ts["params"])
-        scale = self.config.agent.opt.actor_scale
-        if scale != 1.0:  # the actor's own learning rate: lr * actor_scale
+        opt_cfg = self.config.agent.opt
+        if opt_cfg.actor_scale != 1.0 or opt_cfg.actor_start > 0:
+            # The actor's own learning rate (lr * actor_scale), and none before update `actor_start`: the world
+            # model and critic learn from the initial policy's data before the actor acts on what they predict.
+            scale = jnp.where(ts["step"] >= opt_cfg.actor_start, opt_cfg.actor_scale, 0.0)
             updates = jax.tree_util.tree_map_with_path(
-                lambda path, u: u * scale if path and getattr(path[0], "key", None) == "actor" else u, updates)
+                lambda path, u: (u * scale.astype(u.dtype) if path and getattr(path[0], "key", None) == "actor"
+                                 else u), updates)
         params = optax.apply_updates(ts["params"], updates)
         rate = self.config.agent.critic.slow_rate
         slow = jax.tree.map(lambda s, p: (1 - rate) * s + rate * p, ts["slow"], params["critic"])

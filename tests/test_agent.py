@@ -703,6 +703,32 @@ def test_actor_scale_sets_the_actors_learning_rate():
     assert moved("critic") > 0.0 and moved("wm") > 0.0  # ... and nothing else
 
 
+def test_actor_start_holds_the_actor_until_that_update():
+    cfg = config.load(["debug"], {"agent.opt.actor_start": 2, "agent.opt.warmup": 0, "batch_size": 4,
+                                  "batch_length": 6})
+    agent = Agent({"vector": OBS_SPEC["vector"]}, specs.DiscreteArray(2, name="action"), cfg)
+    ts = agent.init(0)
+    batch = _vector_batch(cfg)
+    seen = [jax.device_get(ts["params"])]
+    for _ in range(3):
+        ts, _, _ = agent.train(ts, batch)
+        seen.append(jax.device_get(ts["params"]))
+
+    def moved(part, i):
+        return max(float(np.abs(a - b).max()) for a, b in zip(jax.tree.leaves(seen[i][part]),
+                                                               jax.tree.leaves(seen[i + 1][part]), strict=True))
+
+    assert moved("actor", 0) == 0.0 and moved("actor", 1) == 0.0  # updates 0 and 1: the actor is held ...
+    assert moved("wm", 0) > 0.0 and moved("critic", 0) > 0.0  # ... while the rest learns
+    assert moved("actor", 2) > 0.0  # from update 2 on it learns
+    assert agent.traces["train"] == 1
+    with pytest.raises(ValueError, match=r"agent.opt.actor_start=-1 must be an integer >= 0"):
+        Agent({"vector": OBS_SPEC["vector"]}, specs.DiscreteArray(2, name="action"),
+              config.load(["debug"], {"agent.opt.actor_start": -1}))
+    with pytest.raises(ValueError, match=r"agent.opt.actor_start' expects an int, got 1.5"):
+        config.load(["debug"], {"agent.opt.actor_start": 1.5})
+
+
 def test_rec_scales_are_checked_against_the_encoded_keys():
     from lwm.agent import check_rec_scales
     from lwm.world_model import ObsKey
