@@ -85,10 +85,9 @@ class Agent:
             raise ValueError(f"agent.actor.mask={cfg.actor.mask!r}: imagination masks with the world model's decoded "
                              f"{self.mask[0]!r}, but agent.obs_keys={cfg.obs_keys!r} leaves it out of the model's "
                              f"keys {[k.name for k in self.keys]}; include it.")
-        start = cfg.opt.actor_start
-        if isinstance(start, bool) or not isinstance(start, int) or start < 0:
-            raise ValueError(f"agent.opt.actor_start={start!r} must be an integer >= 0 (train updates before the "
-                             "actor's first; 0 = from the first).")
+        if cfg.opt.actor_start < 0:  # its type (int) is checked by the config
+            raise ValueError(f"agent.opt.actor_start={cfg.opt.actor_start!r} must be an integer >= 0 (train updates "
+                             "before the actor's first; 0 = from the first).")
         self.tx = make_optimizer(cfg.opt)
         self.rec_scales = check_rec_scales(cfg.rec_scales, self.keys)
         if config.replay.priority_signal not in ("model", "heads"):

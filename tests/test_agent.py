@@ -686,6 +686,12 @@ def test_imagination_start_subset():
     assert agent.traces["train"] == 1
 
 
+def _moved(before, after, part: str) -> float:
+    """Largest absolute change of any parameter of `part` (wm, actor, critic) between two params trees."""
+    return max(float(np.abs(a - b).max()) for a, b in zip(jax.tree.leaves(before[part]),
+                                                           jax.tree.leaves(after[part]), strict=True))
+
+
 def test_actor_scale_sets_the_actors_learning_rate():
     cfg = config.load(["debug"], {"agent.opt.actor_scale": 0.0, "agent.opt.warmup": 0, "batch_size": 4,
                                   "batch_length": 6})
@@ -694,13 +700,8 @@ def test_actor_scale_sets_the_actors_learning_rate():
     before = jax.device_get(ts["params"])
     ts, _, _ = agent.train(ts, _vector_batch(cfg))
     after = jax.device_get(ts["params"])
-
-    def moved(part):
-        return max(float(np.abs(a - b).max()) for a, b in zip(jax.tree.leaves(before[part]),
-                                                               jax.tree.leaves(after[part]), strict=True))
-
-    assert moved("actor") == 0.0  # actor_scale 0 freezes the actor ...
-    assert moved("critic") > 0.0 and moved("wm") > 0.0  # ... and nothing else
+    assert _moved(before, after, "actor") == 0.0  # actor_scale 0 freezes the actor ...
+    assert _moved(before, after, "critic") > 0.0 and _moved(before, after, "wm") > 0.0  # ... and nothing else
 
 
 def test_actor_start_holds_the_actor_until_that_update():
@@ -715,8 +716,7 @@ def test_actor_start_holds_the_actor_until_that_update():
         seen.append(jax.device_get(ts["params"]))
 
     def moved(part, i):
-        return max(float(np.abs(a - b).max()) for a, b in zip(jax.tree.leaves(seen[i][part]),
-                                                               jax.tree.leaves(seen[i + 1][part]), strict=True))
+        return _moved(seen[i], seen[i + 1], part)
 
     assert moved("actor", 0) == 0.0 and moved("actor", 1) == 0.0  # updates 0 and 1: the actor is held ...
     assert moved("wm", 0) > 0.0 and moved("critic", 0) > 0.0  # ... while the rest learns
