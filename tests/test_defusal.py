@@ -318,6 +318,21 @@ def test_baselines_sanity():
     assert r["rounds"].mean() < h["rounds"].mean()
 
 
+def test_pack_teams():
+    """Trying all three colours a round beats two colours a round by over two rounds; both defuse everything."""
+    key = jax.random.key(0)
+    three = scripted.evaluate(scripted.pack, P, key, 200)
+    two = scripted.evaluate(scripted.pack_two_colours, P, key, 200)
+    assert np.all(three["score"] == 90) and np.all(two["score"] == 90)
+    # Cuts after the bomb went in the same round find no active bomb: invalid, as with the trained team.
+    assert np.all(three["messages_sent"] == 0) and 70 < three["valid_pct"].mean() < 100
+    assert 10.0 < three["rounds"].mean() < 12.5 < 13.0 < two["rounds"].mean() < 15.0, (three, two)
+    scripted.check_pack_world(P._replace(tools_per_agent=1))  # one tool each: alpha red, bravo green, charlie blue
+    for change in ({"start": "separate"}, {"wrong_cut": "explode"}):
+        with pytest.raises(ValueError, match=f"pack teams need.*{next(iter(change.values()))}"):
+            scripted.check_pack_world(P._replace(**change))
+
+
 # ---------------------------------------------------------------------------------------------
 # dm_env adapter
 # ---------------------------------------------------------------------------------------------

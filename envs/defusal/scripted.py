@@ -156,6 +156,46 @@ def planner(key: jax.Array, state: core.State, params: core.Params) -> tuple[jax
 
 TEAMS: dict[str, Policy] = {"random_legal": random_legal, "heuristic": heuristic, "planner": planner}
 
+_CUT = 1 + core.MAX_ROOMS  # action id of the red cutter; green and blue follow
+
+
+def check_pack_world(params: core.Params) -> None:
+    """The pack teams need one shared start room, three agents (one per colour) and refused wrong cuts."""
+    want = {"start": "same", "num_agents": 3, "wrong_cut": "noop"}
+    bad = {k: getattr(params, k) for k, v in want.items() if getattr(params, k) != v}
+    if bad:
+        raise ValueError(f"the pack teams need start='same', num_agents=3, wrong_cut='noop'; got {bad}.")
+
+
+def _pack(state: core.State, params: core.Params, cut: jax.Array) -> tuple[jax.Array, jax.Array]:
+    """All agents in agent 0's room: `cut` [A] while its bomb is active, else one hop towards the nearest room
+    with an active bomb (shortest path, lowest index on ties, so a pack stays together); silent."""
+    active = state.bomb_status == core.ACTIVE
+    room = state.agent_room[0]
+    dist = distances(state.adjacency)
+    target = state.bomb_room[jnp.argmin(jnp.where(active, dist[room, state.bomb_room], _BIG))]
+    hop = jnp.argmin(jnp.where(state.adjacency[room], dist[:, target], _BIG))
+    here = jnp.any((state.bomb_room == room) & active)
+    acts = jnp.where(here, cut, jnp.full((params.num_agents,), 1 + hop, jnp.int32))
+    return acts.astype(jnp.int32), jnp.zeros((params.num_agents, params.message_len), jnp.int32)
+
+
+def pack(key: jax.Array, state: core.State, params: core.Params) -> tuple[jax.Array, jax.Array]:
+    """Pack team, three colours a round: never inspects or talks; together from room to room, where alpha cuts
+    red, bravo green and charlie blue until the bomb is defused (wrong cuts are refused, so trying colours
+    replaces knowing the sequence). Needs :func:`check_pack_world`."""
+    del key
+    return _pack(state, params, jnp.array([_CUT, _CUT + 1, _CUT + 2], jnp.int32))
+
+
+def pack_two_colours(key: jax.Array, state: core.State, params: core.Params) -> tuple[jax.Array, jax.Array]:
+    """:func:`pack` applying two colours a round: (green, green, red) in even rounds, (red, blue, blue) in odd
+    ones, the convention the README's full-world runs learned."""
+    del key
+    even = jnp.array([_CUT + 1, _CUT + 1, _CUT], jnp.int32)
+    odd = jnp.array([_CUT, _CUT + 2, _CUT + 2], jnp.int32)
+    return _pack(state, params, jnp.where(state.round % 2 == 0, even, odd))
+
 
 def evaluate(policy: Policy, params: core.Params, key: jax.Array, num_episodes: int) -> dict[str, np.ndarray]:
     """Runs ``num_episodes`` episodes in parallel; returns per-episode score, rounds, valid_pct, explosions."""

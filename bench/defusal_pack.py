@@ -1,0 +1,129 @@
+"""Pack strategies of the defusal world, and how close a trained team plays to them.
+
+Usage: ``python bench/defusal_pack.py [--seeds 300] [--logdir RUN [--mode greedy|sample] [--episodes 100]]``.
+
+A *pack* team (``envs.defusal.scripted.pack``) never inspects and never talks: the three agents stay in one room,
+walk (shortest path, lowest room index on ties) to the nearest room whose bomb is still active, and there cut until
+it is defused. Wrong cuts are refused (``wrong_cut: noop``), so trying colours replaces knowing the sequence:
+
+* ``pack, 3 colours``: alpha cuts red, bravo green, charlie blue every round (with two tools each, the only other
+  cover is green / blue / red), so each round applies all three colours (in the world's random order);
+* ``pack, 2 colours``: the agents alternate (green, green, red) and (red, blue, blue), two colours a round, the
+  convention the full-world runs of the README learned.
+
+With ``--logdir`` the script also plays a training run's latest checkpoint (the launcher's world and model) and
+measures how much of a pack it is (the scripted rows then play the run's own world): the share of rounds its three
+agents spend in one room, and in rounds where they cut an active bomb together, how many distinct colours they
+apply. Needs the default start (``same``), three agents and ``wrong_cut: noop``. The last line is JSON.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import jax  # noqa: E402
+import numpy as np  # noqa: E402
+
+from envs.defusal import core, scripted  # noqa: E402
+
+CUT = 1 + core.MAX_ROOMS  # action id of the red cutter; green and blue follow
+
+
+def check_world(params: core.Params) -> None:
+    try:
+        scripted.check_pack_world(params)
+    except ValueError as e:
+        raise SystemExit(f"defusal_pack: {e}") from None
+
+
+def trained_team(logdir: Path, mode: str, episodes: int, seed: int) -> dict:
+    """Plays the run's latest checkpoint; returns its score, rounds and pack measures."""
+    from launch.eval import _agent_episodes, checkpoint_config, make_worlds
+    from lwm import config as lwm_config
+    from lwm.agent import Agent
+    from lwm.checkpoint import load_into
+    from lwm.runtime import default_cache_dir, setup_jax
+    from lwm.team import TeamDriver, team_specs
+
+    run_config = lwm_config.load([str(logdir / "config.yaml")])
+    config, directory, step = checkpoint_config(logdir, run_config)
+    setup_jax("cpu", default_cache_dir(str(logdir)))
+    probe = make_worlds(config, 1, seed)[0]
+    check_world(probe.params)
+    obs_spec, act_spec = team_specs(probe)
+    agent = Agent(obs_spec, act_spec, config)
+    ts, used = load_into(directory / str(step), agent.init(config.seed), "agent")
+    keys = [k.name for k in agent.keys]
+    together, colours = [], []
+
+    def on_step(step_out, index, s, driver):
+        state, actions = driver.env.state, np.asarray(step_out["action"]["move"]).reshape(driver.W, driver.A)
+        rooms = np.asarray(state.agent_room)  # [W, A]
+        same = np.all(rooms == rooms[:, :1], axis=1)
+        here = np.any((np.asarray(state.bomb_room) == rooms[:, :1]) & (np.asarray(state.bomb_status) == core.ACTIVE),
+                      axis=1)
+        live = ~np.asarray(state.done)
+        together.append(same[live])
+        cutting = live & same & here & np.all(actions >= CUT, axis=1)
+        colours.extend(len(set(row)) for row in actions[cutting].tolist())
+
+    worlds = min(episodes, 64)
+    t0 = time.perf_counter()
+    eps = _agent_episodes(agent, ts["params"], lambda sd: TeamDriver(make_worlds(config, worlds, sd)[0], keys),
+                          episodes, [seed], mode == "greedy", on_step=on_step)
+    rounds = np.array([e["rounds"] for e in eps])
+    return {"params": probe.params, "checkpoint": str(used), "mode": mode, "episodes": len(eps),
+            "score_mean": float(np.mean([e["score"] for e in eps])), "rounds_mean": float(rounds.mean()),
+            "rounds_std": float(rounds.std()), "together_pct": float(100 * np.concatenate(together).mean()),
+            "colours_per_cut_round": float(np.mean(colours)) if colours else float("nan"),
+            "cut_rounds": len(colours), "time_s": round(time.perf_counter() - t0, 1)}
+
+
+def main(argv: list[str] | None = None) -> dict:
+    """Prints the pack table (and the trained team's pack measures); returns them as a dict."""
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--seeds", type=int, default=300, help="episodes of each scripted team")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--logdir", type=Path, default=None, help="a defusal training run to measure")
+    parser.add_argument("--mode", choices=("greedy", "sample"), default="greedy")
+    parser.add_argument("--episodes", type=int, default=100, help="episodes of the trained team")
+    args = parser.parse_args(argv)
+    if args.seeds < 1 or args.episodes < 1:
+        raise SystemExit(f"defusal_pack: --seeds {args.seeds} and --episodes {args.episodes} must be >= 1.")
+    trained = None
+    if args.logdir is not None:
+        if not (args.logdir / "config.yaml").exists():
+            raise SystemExit(f"defusal_pack: --logdir {args.logdir} holds no config.yaml (not a training run).")
+        trained = trained_team(args.logdir, args.mode, args.episodes, args.seed)
+    # The run's own world; the heuristic team's template messages need message_len 4 (as in launch.eval).
+    params = (core.Params() if trained is None else trained.pop("params"))._replace(message_len=4)
+    check_world(params)
+    print(f"defusal pack strategies over {args.seeds} seeds, {params}")
+    print(f"{'team':<24}{'score':>16}{'rounds':>16}")
+    table: dict[str, dict] = {}
+    teams = {"pack, 3 colours": scripted.pack, "pack, 2 colours": scripted.pack_two_colours,
+             "heuristic": scripted.heuristic, "planner": scripted.planner}
+    for name, policy in teams.items():
+        r = scripted.evaluate(policy, params, jax.random.key(args.seed), args.seeds)
+        table[name] = {"score_mean": float(r["score"].mean()), "score_std": float(r["score"].std()),
+                       "rounds_mean": float(r["rounds"].mean()), "rounds_std": float(r["rounds"].std())}
+        row = table[name]
+        print(f"{name:<24}{row['score_mean']:>9.2f} ± {row['score_std']:<4.1f}"
+              f"{row['rounds_mean']:>9.2f} ± {row['rounds_std']:<4.2f}")
+    if trained is not None:
+        table["trained"] = t = trained
+        print(f"{'trained (' + args.mode + ')':<24}{t['score_mean']:>9.2f}{'':7}{t['rounds_mean']:>9.2f} ± "
+              f"{t['rounds_std']:<4.2f}  together {t['together_pct']:.1f}% of rounds; "
+              f"{t['colours_per_cut_round']:.2f} distinct colours per round cut together ({t['cut_rounds']} rounds)")
+    print(json.dumps(table))
+    return table
+
+
+if __name__ == "__main__":
+    main()
