@@ -6,15 +6,16 @@
   --suite NAME          defusal | gridworld | homegrid | all (default all: the suite of the checkpoint's world)
   --episodes N          episodes per seed for every row (default 100)
   --seeds S [S ...]     evaluation seeds (default 0): each seed seeds the worlds, the policy and the baselines
-  --mode MODE           greedy | sample (default: sample for the defusal team, greedy otherwise)
+  --mode MODE           greedy | sample (default: both for the defusal team, greedy otherwise)
   --probes BOOL         belief probes in the defusal suite (default true)
   --platform P          cpu | gpu | tpu (default: the run's jax.platform)
   --out DIR             where results.json, results.md and the PNG plots go (default DIR/eval)
 
 Suites (each needs a checkpoint of one of its worlds):
   defusal    worlds defusal, defusal_small: team score, rounds to completion, valid-action %, explosions and
-             messages for the agent, the same checkpoint with the channel silenced, the scripted teams (random
-             legal, heuristic, planner) and Li et al. (2023) Table 1 (published); belief probes (theory of mind)
+             messages for the agent (sampled and argmax actions), the same checkpoint with the channel silenced,
+             the scripted teams (random legal, heuristic, planner, pack) and Li et al. (2023) Table 1
+             (published); belief probes (theory of mind)
              on the frozen world model's latent states beside Table 2, a random-initialised model and the base rate
   gridworld  worlds grid_*, minigrid, tokenchoice: return and length of the agent, the same checkpoint with every
              token masked (<pad>), random and oracle play, and the world's optimal and chance returns
@@ -226,7 +227,7 @@ def defusal_suite(agent, params, config, opts: dict, random_params) -> dict:
     from lwm.team import TeamDriver
 
     episodes, seeds = opts["episodes"], opts["seeds"]
-    mode = opts["mode"] or "sample"
+    modes = [opts["mode"]] if opts["mode"] else ["sample", "greedy"]
     worlds = min(episodes, 64)
     keys = [k.name for k in agent.keys]
     world = config.env.name
@@ -258,22 +259,30 @@ def defusal_suite(agent, params, config, opts: dict, random_params) -> dict:
         env = make_worlds(config, worlds, seed, **changes)[0]
         return TeamDriver(env, keys, name=world)
 
-    greedy = mode == "greedy"
-    t0 = time.time()
     want_probes = opts["probes"]
-    ours = _agent_episodes(agent, params, team_driver, episodes, seeds, greedy,
-                           on_step=collect if want_probes else None, shadow=random_params if want_probes else None)
-    print(f"lwm: agent: {len(ours)} episodes in {time.time() - t0:.1f} s", flush=True)
-    t0 = time.time()
-    silent = _agent_episodes(agent, params, lambda s: team_driver(s, **{"env.options.silence": True}), episodes, seeds,
-                             greedy)
-    print(f"lwm: silenced: {len(silent)} episodes in {time.time() - t0:.1f} s", flush=True)
-
-    rows = agent_rows(mode, ours, silent, "channel silenced", TEAM_METRICS, seeds[0])
+    rows, first = [], None
+    for mode in modes:  # the probes read the first mode's episodes
+        greedy, probing = mode == "greedy", want_probes and first is None
+        t0 = time.time()
+        ours = _agent_episodes(agent, params, team_driver, episodes, seeds, greedy,
+                               on_step=collect if probing else None, shadow=random_params if probing else None)
+        print(f"lwm: agent ({mode}): {len(ours)} episodes in {time.time() - t0:.1f} s", flush=True)
+        t0 = time.time()
+        silent = _agent_episodes(agent, params, lambda s: team_driver(s, **{"env.options.silence": True}), episodes,
+                                 seeds, greedy)
+        print(f"lwm: silenced ({mode}): {len(silent)} episodes in {time.time() - t0:.1f} s", flush=True)
+        rows += agent_rows(mode, ours, silent, "channel silenced", TEAM_METRICS, seeds[0])
+        first = ours if first is None else first
     t0 = time.time()
     base_params = make_worlds(config, 1, seeds[0])[0].params._replace(message_len=4)
-    for i, name in enumerate(scripted.TEAMS):
-        per_seed = [scripted.evaluate(scripted.TEAMS[name], base_params, jax.random.key(seed), episodes)
+    teams = dict(scripted.TEAMS)
+    try:  # the pack team (together, all three colours a round) where the world allows it
+        scripted.check_pack_world(base_params)
+        teams["pack"] = scripted.pack
+    except ValueError:
+        pass
+    for i, name in enumerate(teams):
+        per_seed = [scripted.evaluate(teams[name], base_params, jax.random.key(seed), episodes)
                     for seed in seeds]
         eps = [{k: float(v[e]) for k, v in r.items()} for r in per_seed for e in range(episodes)]
         rows.append({"name": name.replace("_", " "), "source": "scripted", "episodes": len(eps),
@@ -287,9 +296,10 @@ def defusal_suite(agent, params, config, opts: dict, random_params) -> dict:
     p = base_params
     notes = [f"World {world}: {p.num_rooms} rooms, {p.num_bombs} bomb(s), at most {p.max_rounds} rounds, team score "
              f"0..{core.max_score(p)}; rounds to completion = {p.max_rounds} when not completed.",
-             f"Agent rows: one checkpoint, actions {'argmax' if greedy else 'sampled'}; the silenced ablation runs the "
-             "same checkpoint with the world's `silence` switch on (no message reaches a teammate).",
-             "Scripted teams use their own template messages (message_len 4); the planner sees everything.",
+             "Agent rows: one checkpoint, actions sampled (sample) or argmax (greedy); the silenced ablation runs "
+             "the same checkpoint with the world's `silence` switch on (no message reaches a teammate).",
+             "Scripted teams use their own template messages (message_len 4); the planner sees everything; the "
+             "pack walks together and applies all three colours each round, never inspecting or talking.",
              "Published rows: Li et al. (EMNLP 2023) Table 1, 3 trials each, on the full world (5 rooms, 5 bombs, "
              "30 rounds, score /90)."]
     if p.silence:
@@ -297,7 +307,7 @@ def defusal_suite(agent, params, config, opts: dict, random_params) -> dict:
     suite = {"title": f"Defusal team ({world})", "team": True, "metrics": list(TEAM_METRICS), "labels": TEAM_LABELS,
              "rows": rows, "notes": notes}
     if want_probes:
-        suite["probes"] = probe_suite(probe, seeds[0], {(e["seed"], e["unit"], e["index"]) for e in ours},
+        suite["probes"] = probe_suite(probe, seeds[0], {(e["seed"], e["unit"], e["index"]) for e in first},
                                       probe_accuracy, split_episodes)
     return suite
 
@@ -466,7 +476,7 @@ def main(argv: Sequence[str] | None = None) -> dict:
     results: dict[str, Any] = {
         "meta": {"checkpoint": str(used), "step": step, "world": world, "suite": suites[0],
                  "episodes": opts["episodes"], "seeds": opts["seeds"],
-                 "mode": opts["mode"] or ("sample" if team else "greedy"),
+                 "mode": opts["mode"] or ("sample, greedy" if team else "greedy"),
                  "command": "python -m launch.eval " + " ".join(shlex.quote(a) for a in argv)},
         "suites": {},
     }

@@ -91,9 +91,11 @@ def test_defusal_suite_writes_everything(defusal_eval):
         assert (out / plot).read_bytes()[:8] == PNG
     suite = results["suites"]["defusal"]
     names = [r["name"] for r in suite["rows"]]
-    assert names[:5] == ["agent (sample)", "agent, channel silenced (sample)", "random legal", "heuristic", "planner"]
+    assert names[:8] == ["agent (sample)", "agent, channel silenced (sample)", "agent (greedy)",
+                         "agent, channel silenced (greedy)", "random legal", "heuristic", "planner", "pack"]
     assert {"ChatGPT", "GPT-4", "GPT-4 + belief state", "CBS planner (centralised)"} <= set(names)
-    for row in suite["rows"][:5]:
+    assert results["meta"]["mode"] == "sample, greedy"
+    for row in suite["rows"][:8]:
         assert row["episodes"] == 12  # 6 episodes x 2 seeds
         for metric in ("score", "rounds", "valid_pct", "explosions"):
             s = row["metrics"][metric]
