@@ -14,7 +14,11 @@ it is defused. Wrong cuts are refused (``wrong_cut: noop``), so trying colours r
 With ``--logdir`` the script also plays a training run's latest checkpoint (the launcher's world and model) and
 measures how much of a pack it is (the scripted rows then play the run's own world): the share of rounds its three
 agents spend in one room, and in rounds where they cut an active bomb together, how many distinct colours they
-apply. Needs the default start (``same``), three agents and ``wrong_cut: noop``. The last line is JSON.
+apply. Then the colour test: in each first cut round at a one-phase bomb, for each agent whose two colours differ in
+what they add to its teammates' cuts that round, does its world model predict more reward (the mean over 32 prior
+draws of the next step after each colour, from the agent's own posterior) for the colour that covers more, and does
+the agent take it? 50% is chance for both. Needs the default start (``same``), three agents and ``wrong_cut: noop``.
+The last line is JSON.
 """
 
 from __future__ import annotations
@@ -28,6 +32,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import jax  # noqa: E402
+import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
 
 from envs.defusal import core, scripted  # noqa: E402
@@ -42,47 +47,96 @@ def check_world(params: core.Params) -> None:
         raise SystemExit(f"defusal_pack: {e}") from None
 
 
-def trained_team(logdir: Path, mode: str, episodes: int, seed: int) -> dict:
-    """Plays the run's latest checkpoint; returns its score, rounds and pack measures."""
-    from launch.eval import _agent_episodes, checkpoint_config, make_worlds
+def trained_team(logdir: Path, mode: str, episodes: int, seed: int, samples: int = 32) -> dict:
+    """Plays the run's latest checkpoint; returns its score, rounds, pack measures and the model's colour test."""
+    from flax import nnx
+
+    from launch.eval import checkpoint_config, make_worlds
     from lwm import config as lwm_config
     from lwm.agent import Agent
     from lwm.checkpoint import load_into
+    from lwm.evaluate import make_policy, run_episodes
     from lwm.runtime import default_cache_dir, setup_jax
     from lwm.team import TeamDriver, team_specs
 
     run_config = lwm_config.load([str(logdir / "config.yaml")])
     config, directory, step = checkpoint_config(logdir, run_config)
     setup_jax("cpu", default_cache_dir(str(logdir)))
-    probe = make_worlds(config, 1, seed)[0]
-    check_world(probe.params)
-    obs_spec, act_spec = team_specs(probe)
+    env = make_worlds(config, min(episodes, 64), seed)[0]
+    check_world(env.params)
+    obs_spec, act_spec = team_specs(env)
     agent = Agent(obs_spec, act_spec, config)
     ts, used = load_into(directory / str(step), agent.init(config.seed), "agent")
-    keys = [k.name for k in agent.keys]
-    together, colours = [], []
+    nets = nnx.merge(agent.graph, ts["params"])
+    driver = TeamDriver(env, [k.name for k in agent.keys])
+    act = make_policy(agent, ts["params"], driver.num_streams, seed, mode == "greedy")
+    w_n, a_n = driver.W, driver.A
+    tools = core.tools(env.params)
+    together, colours, tests = [], [], []
+    key = [jax.random.key(seed + 1)]
 
-    def on_step(step_out, index, s, driver):
-        state, actions = driver.env.state, np.asarray(step_out["action"]["move"]).reshape(driver.W, driver.A)
-        rooms = np.asarray(state.agent_room)  # [W, A]
-        same = np.all(rooms == rooms[:, :1], axis=1)
-        here = np.any((np.asarray(state.bomb_room) == rooms[:, :1]) & (np.asarray(state.bomb_status) == core.ACTIVE),
-                      axis=1)
+    @jax.jit
+    def predicted_reward(deter, stoch, action, k):
+        """The model's next reward after `action` from each state, averaged over `samples` prior draws."""
+        def one(kk):
+            nxt = nets.wm.rssm.img_step({"deter": deter, "stoch": stoch}, action, kk)
+            return nets.wm.reward_mean(nets.wm.rssm.feat(nxt))
+        return jax.vmap(one)(jax.random.split(k, samples)).mean(0)
+
+    def policy(obs, is_first):
+        state = driver.env.state  # before this round's actions
+        actions, extra = act(obs, is_first)
+        carry = act.state["carry"]  # each agent's posterior after this observation and its one-hot action
+        move = np.asarray(actions["move"]).reshape(w_n, a_n)
+        rooms = np.asarray(state.agent_room)
+        active = np.asarray(state.bomb_status) == core.ACTIVE
+        bomb_room, left = np.asarray(state.bomb_room), np.asarray(state.bomb_phases - state.bomb_progress)
         live = ~np.asarray(state.done)
+        same = np.all(rooms == rooms[:, :1], axis=1)
+        here = (bomb_room == rooms[:, :1]) & active  # [W, B]
         together.append(same[live])
-        cutting = live & same & here & np.all(actions >= CUT, axis=1)
-        colours.extend(len(set(row)) for row in actions[cutting].tolist())
+        cutting = live & same & here.any(1) & np.all(move >= CUT, axis=1)
+        colours.extend(len(set(row)) for row in move[cutting].tolist())
+        # The colour test: first cut round at a one-phase bomb (nobody has tried a colour on it yet).
+        first = cutting & np.all(np.asarray(state.last_action) < CUT, axis=1)
+        for w in np.flatnonzero(first):
+            if left[w][here[w]].tolist() != [1]:
+                continue
+            for a in range(a_n):
+                own = np.flatnonzero(tools[a])
+                i = w * a_n + a
+                onehots = np.repeat(np.asarray(carry["action"][i : i + 1]), len(own), 0)
+                onehots[:, : core.NUM_ACTIONS] = 0
+                onehots[np.arange(len(own)), CUT + own] = 1
+                key[0], sub = jax.random.split(key[0])
+                pred = np.asarray(predicted_reward(jnp.repeat(carry["state"]["deter"][i : i + 1], len(own), 0),
+                                                   jnp.repeat(carry["state"]["stoch"][i : i + 1], len(own), 0),
+                                                   jnp.asarray(onehots), sub))
+                others = {int(move[w, b]) - CUT for b in range(a_n) if b != a}
+                covered = np.array([len(others | {int(c)}) for c in own])  # colours applied this round
+                tests.append((pred, covered, int(move[w, a]) - CUT, own))
+        return actions, extra
 
-    worlds = min(episodes, 64)
     t0 = time.perf_counter()
-    eps = _agent_episodes(agent, ts["params"], lambda sd: TeamDriver(make_worlds(config, worlds, sd)[0], keys),
-                          episodes, [seed], mode == "greedy", on_step=on_step)
+    eps = run_episodes(driver, policy, episodes)
     rounds = np.array([e["rounds"] for e in eps])
-    return {"params": probe.params, "checkpoint": str(used), "mode": mode, "episodes": len(eps),
-            "score_mean": float(np.mean([e["score"] for e in eps])), "rounds_mean": float(rounds.mean()),
-            "rounds_std": float(rounds.std()), "together_pct": float(100 * np.concatenate(together).mean()),
-            "colours_per_cut_round": float(np.mean(colours)) if colours else float("nan"),
-            "cut_rounds": len(colours), "time_s": round(time.perf_counter() - t0, 1)}
+    out = {"params": env.params, "checkpoint": str(used), "mode": mode, "episodes": len(eps),
+           "score_mean": float(np.mean([e["score"] for e in eps])), "rounds_mean": float(rounds.mean()),
+           "rounds_std": float(rounds.std()), "together_pct": float(100 * np.concatenate(together).mean()),
+           "colours_per_cut_round": float(np.mean(colours)) if colours else float("nan"),
+           "cut_rounds": len(colours)}
+    # Where the agent's two colours differ in what they add to its teammates' cuts this round: does the model
+    # predict more reward for the one that covers more, and which one did the agent take?
+    differ = [(p, c, took, own) for p, c, took, own in tests if c[0] != c[1]]
+    out["colour_tests"] = len(tests)
+    out["colour_tests_that_matter"] = len(differ)
+    if differ:
+        out["model_prefers_covering_pct"] = float(100 * np.mean([(p[0] > p[1]) == (c[0] > c[1])
+                                                                 for p, c, _, _ in differ]))
+        out["agent_takes_covering_pct"] = float(100 * np.mean([took == own[int(np.argmax(c))]
+                                                               for _, c, took, own in differ]))
+    out["time_s"] = round(time.perf_counter() - t0, 1)
+    return out
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -121,6 +175,11 @@ def main(argv: list[str] | None = None) -> dict:
         print(f"{'trained (' + args.mode + ')':<24}{t['score_mean']:>9.2f}{'':7}{t['rounds_mean']:>9.2f} ± "
               f"{t['rounds_std']:<4.2f}  together {t['together_pct']:.1f}% of rounds; "
               f"{t['colours_per_cut_round']:.2f} distinct colours per round cut together ({t['cut_rounds']} rounds)")
+        if t["colour_tests_that_matter"]:
+            print(f"colour test: {t['colour_tests_that_matter']} of {t['colour_tests']} agent-rounds where the "
+                  f"agent's two colours differ in what they add to its teammates' cuts; the world model predicts "
+                  f"more reward for the covering one in {t['model_prefers_covering_pct']:.0f}%, the agent takes it "
+                  f"in {t['agent_takes_covering_pct']:.0f}%")
     print(json.dumps(table))
     return table
 
