@@ -3,12 +3,13 @@
 `python bench/defusal_learning.py [--preset defusal_small] [--steps N] [--modes talk silent] [--out DIR]`
 
 For each mode, trains one shared-parameter team through the launcher with the preset (`configs/defusal_small.yaml`
-or `configs/defusal.yaml`); `silent` adds `--env.options.silence true` (no message reaches a teammate). Each team
-is evaluated at the end over `run.eval_episodes` episodes (sampled actions). The table gives the world rounds of
-experience (summed over worlds; agent-steps = 3x), updates, wall time, mean team score and mean rounds to
-completion (max_rounds when not completed), beside scripted teams on the same world (random legal play; the
-centralised full-information planner, a lower bound on rounds). Learning curves (training episodes' score and
-rounds against world rounds of experience) are printed and stored, with the summaries, in `<out>/results.json`.
+or `configs/defusal.yaml`); `silent` adds `--env.options.silence true` (no message reaches a teammate). Each team is
+evaluated at the end over `run.eval_episodes` episodes, with sampled and with argmax (greedy) actions on the same
+worlds. The table gives the world rounds of experience (summed over worlds; agent-steps = 3x), updates, wall time,
+mean team score and mean rounds to completion (max_rounds when not completed) of both, beside scripted teams on the
+same world (random legal play; the centralised full-information planner, a lower bound on rounds). Learning curves
+(training episodes' score and rounds against world rounds of experience) are printed and stored, with the summaries,
+in `<out>/results.json`.
 The last line printed is JSON.
 """
 
@@ -86,6 +87,8 @@ def main(argv: list[str] | None = None) -> dict:
             "agent_steps": summary["env_steps"], "updates": summary["updates"], "wall_s": round(time.time() - start, 1),
             "score": ev["score_mean"], "score_std": ev["score_std"], "rounds": ev["rounds_mean"],
             "rounds_std": ev["rounds_std"], "valid_pct": ev["valid_pct_mean"], "messages": ev["messages_sent_mean"],
+            "greedy_score": ev["greedy_score_mean"], "greedy_rounds": ev["greedy_rounds_mean"],
+            "greedy_rounds_std": ev["greedy_rounds_std"],
             "episodes": ev["episodes"], "curve": curve(logdir), "command": "python -m launch.train " + " ".join(cli),
         })
     config = lwm_config.parse_args(["--configs", args.preset, *args.extra], known=("logdir",))[0]
@@ -95,11 +98,12 @@ def main(argv: list[str] | None = None) -> dict:
     print(f"\nDefusal team learning | preset {args.preset} ({config.env.name}) | {cpu} | "
           f"{time.time() - t0:.0f} s in all")
     print(f"{'team':<14}{'world rounds':>13}{'updates':>9}{'wall':>8}{'score':>16}{'rounds':>15}{'valid %':>9}"
-          f"{'msgs':>7}")
+          f"{'msgs':>7}{'greedy score':>14}{'greedy rounds':>16}")
     for r in results:
         print(f"{r['mode']:<14}{r['env_rounds']:>13}{r['updates']:>9}{r['wall_s']:>7.0f}s"
               f"{r['score']:>9.2f} ± {r['score_std']:<4.1f}{r['rounds']:>8.2f} ± {r['rounds_std']:<4.1f}"
-              f"{r['valid_pct']:>9.1f}{r['messages']:>7.1f}")
+              f"{r['valid_pct']:>9.1f}{r['messages']:>7.1f}{r['greedy_score']:>14.2f}"
+              f"{r['greedy_rounds']:>9.2f} ± {r['greedy_rounds_std']:<4.1f}")
     for name, b in base.items():
         print(f"{name:<14}{'-':>13}{'-':>9}{'-':>8}{b['score']:>9.2f} ± {b['score_std']:<4.1f}"
               f"{b['rounds']:>8.2f} ± {b['rounds_std']:<4.1f}")

@@ -25,6 +25,7 @@ from flax import nnx
 
 from lwm import actor_critic as ac
 from lwm import dists, parallel
+from lwm import nets as nets_lib
 from lwm.world_model import WorldModel, obs_keys
 
 sg = jax.lax.stop_gradient
@@ -33,10 +34,14 @@ DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16, "float16": jnp.float
 
 
 class Nets(nnx.Module):
-    def __init__(self, keys, heads, cfg, *, rngs: nnx.Rngs, dtype):
+    def __init__(self, keys, heads, cfg, *, rngs: nnx.Rngs, dtype, mates: int = 0):
+        """`mates` > 0 (`agent.team_model`): the RSSM's action input is the agent's own one-hot action followed by
+        each of its `mates` teammates' (same heads), and `mates_head` predicts the teammates' actions from a state."""
         action_dim = sum(h.num for h in heads)
-        self.wm = WorldModel(keys, action_dim, cfg, rngs=rngs, dtype=dtype)
+        self.wm = WorldModel(keys, action_dim * (1 + mates), cfg, rngs=rngs, dtype=dtype)
         feat = self.wm.rssm.feat_dim
+        self.mates_head = (nets_lib.MLP(feat, cfg.units, 1, out=action_dim * mates, rngs=rngs, dtype=dtype)
+                           if mates else None)
         self.actor = ac.Actor(feat, heads, units=cfg.units, layers=cfg.actor.layers, unimix=cfg.actor.unimix,
                               rngs=rngs, dtype=dtype)
         self.critic = ac.Critic(feat, units=cfg.units, layers=cfg.critic.layers, bins=cfg.critic.bins, rngs=rngs,
@@ -95,7 +100,8 @@ class Agent:
                              "use 'model' or 'heads'.")
         if 0 < cfg.imag.starts < config.batch_size:
             start_indices(config.batch_size, config.batch_length, cfg.imag.starts, jax.random.key(0))  # raises
-        nets = Nets(self.keys, self.heads, cfg, rngs=nnx.Rngs(0), dtype=self.dtype)
+        self.mates = team_mates(cfg.team_model, self.obs_spec)
+        nets = Nets(self.keys, self.heads, cfg, rngs=nnx.Rngs(0), dtype=self.dtype, mates=self.mates)
         self.graph, params = nnx.split(nets, nnx.Param)
         self.critic_graph, _ = nnx.split(nets.critic, nnx.Param)
         self.num_params = sum(x.size for x in jax.tree.leaves(params))
@@ -135,7 +141,8 @@ class Agent:
     # ----------------------------------------------------------------------------------------------- init
     def init(self, seed: int) -> dict:
         """A fresh train state: parameters from `seed`, zero optimizer state, slow critic = critic."""
-        nets = Nets(self.keys, self.heads, self.config.agent, rngs=nnx.Rngs(seed), dtype=self.dtype)
+        nets = Nets(self.keys, self.heads, self.config.agent, rngs=nnx.Rngs(seed), dtype=self.dtype,
+                    mates=self.mates)
         _, params = nnx.split(nets, nnx.Param)
         return self.place_state({
             "params": params,
@@ -151,8 +158,62 @@ class Agent:
         return {
             "state": {"deter": jnp.zeros((num, r.deter), jnp.float32),
                       "stoch": jnp.zeros((num, r.stoch, r.classes), jnp.float32)},
-            "action": jnp.zeros((num, sum(h.num for h in self.heads)), jnp.float32),
+            "action": jnp.zeros((num, sum(h.num for h in self.heads) * (1 + self.mates)), jnp.float32),
         }
+
+    # ---------------------------------------------------------------------------------------------- mates
+    def _mates_onehot(self, ids: Mapping[str, jax.Array]) -> jax.Array:
+        """{head: teammates' ids [..., M] (replay's `mates`, with the head's `low`)} -> one-hot [..., M·D], mate
+        by mate, each in the own action's layout (D = the summed head sizes)."""
+        per_mate = [ac.onehot_actions(self.heads, {h.name: ids[h.name][..., j] - h.low for h in self.heads})
+                    for j in range(self.mates)]
+        return jnp.concatenate(per_mate, -1)
+
+    def mates_logits(self, nets, feat: jax.Array) -> list[dict[str, jax.Array]]:
+        """Per teammate, the teammate-action head's logits {head: [..., num]} from the states `feat`."""
+        flat = nets.mates_head(feat).astype(jnp.float32)
+        d = sum(h.num for h in self.heads)
+        out = []
+        for j in range(self.mates):
+            i, logits = j * d, {}
+            for h in self.heads:
+                logits[h.name] = flat[..., i: i + h.num]
+                i += h.num
+            out.append(logits)
+        return out
+
+    def joint_action(self, nets, feat: jax.Array, own: jax.Array, key: jax.Array, greedy: bool = False) -> jax.Array:
+        """The RSSM's action input: `own` one-hot [..., D], then (with `agent.team_model`) teammates' actions drawn
+        from the teammate-action head at the states `feat` (argmax when `greedy`)."""
+        if not self.mates:
+            return own
+        keys = jax.random.split(key, self.mates)
+        drawn = [ac.onehot_actions(self.heads, ac.sample_actions(self.heads, logits, k, greedy))
+                 for logits, k in zip(self.mates_logits(nets, feat), keys, strict=True)]
+        return jnp.concatenate([own, *drawn], -1)
+
+    def prev_actions(self, batch: Mapping[str, Any]) -> jax.Array:
+        """[B, T, D·(1 + mates)]: the one-hot action taken before each step of a replay batch (its own, then its
+        teammates' with `agent.team_model`); step 0's is the chunk's `start_action` (and `start_mates`)."""
+        own = ac.onehot_actions(self.heads, {h.name: batch["action"][h.name] - h.low for h in self.heads})
+        start = ac.onehot_actions(self.heads, {h.name: batch["start_action"][h.name] - h.low for h in self.heads})
+        if self.mates:
+            if "mates" not in batch:
+                raise ValueError("agent.team_model: the batch holds no teammates' actions ('mates'); collect it with "
+                                 "TeamDriver(..., mates=True).")
+            own = jnp.concatenate([own, self._mates_onehot(batch["mates"])], -1)
+            start = jnp.concatenate([start, self._mates_onehot(batch["start_mates"])], -1)
+        return jnp.concatenate([start[:, None], own[:, :-1]], 1)
+
+    def mates_loss(self, nets, feat: jax.Array, batch: Mapping[str, Any]) -> jax.Array:
+        """[B, T]: cross-entropy of the teammates' actions taken after step t, from the posterior at t."""
+        total = 0.0
+        for j, logits in enumerate(self.mates_logits(nets, feat)):
+            for h in self.heads:
+                label = (batch["mates"][h.name][..., j] - h.low).astype(jnp.int32)
+                logp = jax.nn.log_softmax(logits[h.name], -1)
+                total = total - jnp.take_along_axis(logp, label[..., None], -1)[..., 0]
+        return total
 
     # --------------------------------------------------------------------------------------------- policy
     def _policy(self, params, carry, obs, is_first, key, greedy: bool = False):
@@ -160,14 +221,17 @@ class Agent:
         self.traces["policy"] += 1
         nets = nnx.merge(self.graph, params)
         k1, k2 = jax.random.split(key)
+        k3 = jax.random.fold_in(k2, 1)  # the teammates' draw (agent.team_model); k2 as before for the own action
         embed = nets.wm.encoder({k.name: obs[k.name] for k in self.keys})
         state, _ = nets.wm.rssm.obs_step(carry["state"], carry["action"], embed, is_first, k1)
-        logits = nets.actor(nets.wm.rssm.feat(state))
+        feat = nets.wm.rssm.feat(state)
+        logits = nets.actor(feat)
         if self.mask is not None:  # acting: the observed mask (imagination uses the decoded one: `dream_logits`)
             key_name, head = self.mask
             logits = {**logits, head: ac.mask_logits(logits[head], obs[key_name])}
         idx = ac.sample_actions(self.heads, logits, k2, greedy)
-        carry = {"state": state, "action": ac.onehot_actions(self.heads, idx)}
+        carry = {"state": state, "action": self.joint_action(nets, feat, ac.onehot_actions(self.heads, idx), k3,
+                                                             greedy)}
         actions = {h.name: idx[h.name] + h.low for h in self.heads}
         return carry, actions, state
 
@@ -198,15 +262,13 @@ class Agent:
         wm = nets.wm
         k_obs, k_img, k_starts = jax.random.split(key, 3)
         obs = {k.name: batch["obs"][k.name] for k in self.keys}
-        actions = {h.name: batch["action"][h.name] - h.low for h in self.heads}
-        onehot = ac.onehot_actions(self.heads, actions)  # [B, T, A]
-        start_onehot = ac.onehot_actions(self.heads, {h.name: batch["start_action"][h.name] - h.low
-                                                      for h in self.heads})
-        prev = jnp.concatenate([start_onehot[:, None], onehot[:, :-1]], 1)
+        prev = self.prev_actions(batch)  # [B, T, D·(1 + mates)]
         wm_losses, post, feat, _ = wm.loss(obs, prev, batch["reward"], batch["is_first"], batch["is_terminal"],
                                            batch["start"], k_obs, cfg.free_nats)
+        if self.mates:
+            wm_losses["mates"] = self.mates_loss(nets, feat, batch)
         s = cfg.loss_scales
-        scale = {"reward": s.reward, "cont": s.cont, "dyn": s.dyn, "rep": s.rep,
+        scale = {"reward": s.reward, "cont": s.cont, "dyn": s.dyn, "rep": s.rep, "mates": s.mates,
                  **{f"rec_{k}": s.rec * float(v) for k, v in self.rec_scales.items()}}
         wm_total = sum(v * scale.get(k, s.rec) for k, v in wm_losses.items())  # [B, T]
 
@@ -224,8 +286,11 @@ class Agent:
             start_cont = start_cont[idx]
 
         def policy(state, k):
-            logits = self.dream_logits(frozen.actor, wm_sg, wm_sg.rssm.feat(state))
-            return ac.onehot_actions(self.heads, ac.sample_actions(self.heads, logits, k))
+            k_own, k_mates = jax.random.split(k) if self.mates else (k, k)
+            feat_s = wm_sg.rssm.feat(state)
+            logits = self.dream_logits(frozen.actor, wm_sg, feat_s)
+            own = ac.onehot_actions(self.heads, ac.sample_actions(self.heads, logits, k_own))
+            return self.joint_action(frozen, feat_s, own, k_mates)  # own first: `split_onehot` reads it
 
         states, img_actions = wm_sg.rssm.imagine(start, policy, cfg.imag.horizon, k_img)  # [N, H+1]
         ifeat = sg(wm_sg.rssm.feat(states))
@@ -327,10 +392,7 @@ class Agent:
         T = batch["reward"].shape[1]
         context = context if context is not None else T // 2
         obs = {k.name: batch["obs"][k.name] for k in self.keys}
-        onehot = ac.onehot_actions(self.heads, {h.name: batch["action"][h.name] - h.low for h in self.heads})
-        start_onehot = ac.onehot_actions(self.heads, {h.name: batch["start_action"][h.name] - h.low
-                                                      for h in self.heads})
-        prev = jnp.concatenate([start_onehot[:, None], onehot[:, :-1]], 1)
+        prev = self.prev_actions(batch)
         k1, k2 = jax.random.split(key)
         embed = wm.encoder(jax.tree.map(lambda x: x[:, :context], obs))
         post, _, _ = wm.rssm.observe(batch["start"], prev[:, :context], embed, batch["is_first"][:, :context], k1)
@@ -375,6 +437,20 @@ class Agent:
 
     def param_count(self) -> int:
         return int(self.num_params)
+
+
+def team_mates(team_model: Any, obs_spec: Mapping[str, Any]) -> int:
+    """Teammates per agent the world model takes the actions of: 0 unless `agent.team_model` (then the team
+    world's `agent_id` spec gives A - 1)."""
+    if not isinstance(team_model, bool):
+        raise ValueError(f"agent.team_model={team_model!r} must be true or false.")
+    if not team_model:
+        return 0
+    spec = obs_spec.get("agent_id")
+    if spec is None or int(getattr(spec, "maximum", 0)) < 1:
+        raise ValueError("agent.team_model=true needs a team world of two or more agents (an 'agent_id' "
+                         f"observation, lwm.team); this world's observations are {sorted(obs_spec)}.")
+    return int(spec.maximum)
 
 
 def check_rec_scales(scales: Any, keys: Sequence[Any]) -> dict[str, float]:

@@ -110,7 +110,7 @@ def collect_team_episodes(agent, params, env: Any, seed: int = 0, greedy: bool =
     if max_steps < 1:
         raise ValueError(f"max_steps={max_steps} must be >= 1.")
     spec, _ = team_specs(env)
-    driver = TeamDriver(env, list(spec), name="visualize")
+    driver = TeamDriver(env, list(spec), name="visualize", mates=agent.mates > 0)
     W, A, N = driver.W, driver.A, driver.num_streams
     wanted = [k.name for k in agent.keys] + ([agent.mask[0]] if agent.mask is not None else [])
     state = {"carry": agent.init_policy(N), "key": jax.random.key(seed)}
@@ -137,6 +137,8 @@ def collect_team_episodes(agent, params, env: Any, seed: int = 0, greedy: bool =
                        "is_last": bool(step["is_last"][n]), "is_terminal": terminal}
                 if extra is not None:
                     rec["extra"] = extra[w]
+                if "mates" in step:  # the teammates' actions (agent.team_model)
+                    rec["mates"] = {k: np.asarray(v[n]) for k, v in step["mates"].items()}
                 records[n].append(rec)
         active[np.asarray(step["is_last"][::A], bool)] = False
 
@@ -165,6 +167,8 @@ def _stack(steps: list[dict]) -> dict:
         out[name] = np.array([s[name] for s in steps], dtype)
     if "extra" in steps[0]:
         out["extra"] = [s["extra"] for s in steps]
+    if "mates" in steps[0]:
+        out["mates"] = {k: np.stack([s["mates"][k] for s in steps]) for k in steps[0]["mates"]}
     return out
 
 
@@ -196,12 +200,26 @@ def pad_batch(agent, episodes: Sequence[Mapping], length: int) -> dict:
             a[i, :len(x)] = x
         action[h.name] = a
     r = agent.config.agent.rssm
-    return {
+    batch = {
         "obs": obs, "action": action, "reward": seq("reward", np.float32),
         "is_first": seq("is_first", bool), "is_terminal": seq("is_terminal", bool),
         "start": {"deter": np.zeros((B, r.deter), np.float32), "stoch": np.zeros((B, r.stoch, r.classes), np.float32)},
         "start_action": {h.name: np.full((B,), h.low, np.int32) for h in agent.heads},
     }
+    if agent.mates:  # the teammates' actions, padded like the own ones
+        if any("mates" not in ep for ep in episodes):
+            raise ValueError("agent.team_model: the episodes hold no teammates' actions ('mates'); collect them with "
+                             "collect_team_episodes.")
+        mates = {}
+        for h in agent.heads:
+            m = np.full((B, length, agent.mates), h.low, np.int32)
+            for i, ep in enumerate(episodes):
+                x = np.asarray(ep["mates"][h.name])[:length]
+                m[i, :len(x)] = x
+            mates[h.name] = m
+        batch["mates"] = mates
+        batch["start_mates"] = {h.name: np.full((B, agent.mates), h.low, np.int32) for h in agent.heads}
+    return batch
 
 
 def default_context(length: int) -> int:
@@ -251,8 +269,11 @@ class Imagination:
         start = jax.tree.map(lambda x: x[:, context - 1], rep["state"])
 
         def policy(state, k):
-            logits = agent.dream_logits(nets.actor, wm, wm.rssm.feat(state))  # masked as in training's imagination
-            return ac.onehot_actions(agent.heads, ac.sample_actions(agent.heads, logits, k))
+            k_own, k_mates = jax.random.split(k) if agent.mates else (k, k)
+            feat = wm.rssm.feat(state)
+            logits = agent.dream_logits(nets.actor, wm, feat)  # masked as in training's imagination
+            own = ac.onehot_actions(agent.heads, ac.sample_actions(agent.heads, logits, k_own))
+            return agent.joint_action(nets, feat, own, k_mates)  # teammates drawn with agent.team_model
 
         states, actions = wm.rssm.imagine(start, policy, T - context, k_dream)  # [N, H+1]
         feat = wm.rssm.feat(states)[:, 1:]

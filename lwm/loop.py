@@ -83,11 +83,16 @@ def evaluate(agent: Agent, params, make_env: Callable[[int], dm_env.Environment]
              seed: int, greedy: bool = True) -> dict[str, float]:
     """Runs `episodes` episodes (in batches of `num_envs` worlds) and returns return statistics.
 
-    A team environment (`lwm.team`) is one batch of worlds: its agents sample their actions (`greedy` is not used:
-    agents of one team with identical parameters act better stochastically) and the env's metrics are added."""
+    A team environment (`lwm.team`) is one batch of worlds, played twice on the same worlds: with sampled actions
+    (the plain keys; `greedy` is not used) and with each agent's most likely action (the same keys prefixed
+    `greedy_`). Which is better depends on the team: early on, agents with shared parameters that all take their
+    argmax tend to move in lock-step; a trained team wastes fewer rounds without the sampling noise."""
     first = make_env(10_000)
     if is_team_env(first):
-        return evaluate_team(agent, params, first, episodes, seed + 7, greedy=False, policy_fn=_policy_fn)
+        sampled = evaluate_team(agent, params, first, episodes, seed + 7, greedy=False, policy_fn=_policy_fn)
+        argmax = evaluate_team(agent, params, make_env(10_000), episodes, seed + 7, greedy=True,
+                               policy_fn=_policy_fn)
+        return {**sampled, **{f"greedy_{k}": v for k, v in argmax.items()}}
     envs = [first] + [make_env(10_000 + i) for i in range(1, num_envs)]
     driver = Driver(envs, [k.name for k in agent.keys], name="eval")
     act = _policy_fn(agent, num_envs, seed + 7, greedy, lambda: params)
@@ -173,7 +178,7 @@ def train_loop(config, logdir: str | Path, make_env: Callable[[int], dm_env.Envi
                      "priority_exponent": config.replay.priority_exponent, "event_frac": config.replay.event_frac}
     replay = Replay(config.replay.capacity, num_streams, T, **replay_kwargs)
     keys = [k.name for k in agent.keys]
-    driver = (TeamDriver(envs[0], keys, name=config.env.name) if team
+    driver = (TeamDriver(envs[0], keys, name=config.env.name, mates=agent.mates > 0) if team
               else Driver(envs, keys, name=config.env.name, pool=pool))
     act = _policy_fn(agent, num_streams, seed, False, lambda: ts["params"])
     counters = {"env_steps": 0, "updates": 0, "credit": 0.0, "episodes": 0, "skipped": 0}

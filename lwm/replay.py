@@ -242,9 +242,10 @@ class Replay:
         for key, value in chunk.items():
             if key.startswith("latent/"):
                 out["start/" + key[len("latent/"):]] = value[:, 0]
-            elif key.startswith("action/"):
+            elif key.startswith(("action/", "mates/")):  # and the one before the chunk (the RSSM's first input)
                 out[key] = value[:, 1:]
-                out["start_action/" + key[len("action/"):]] = value[:, 0]
+                kind, name = key.split("/", 1)
+                out[f"start_{kind}/{name}"] = value[:, 0]
             else:
                 out[key] = value[:, 1:]
         out["start/stoch"] = np.eye(classes, dtype=np.float32)[out["start/stoch"]]

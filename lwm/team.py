@@ -87,6 +87,17 @@ def to_streams(x: np.ndarray) -> np.ndarray:
     return x.reshape((x.shape[0] * x.shape[1],) + x.shape[2:])
 
 
+def mates_of(actions: Mapping[str, np.ndarray], num_worlds: int, num_agents: int) -> dict[str, np.ndarray]:
+    """Each stream's teammates' actions: {head: [W·A, A-1]}, column j the action of agent (a + 1 + j) mod A of the
+    same world (the same relative order for every agent, as one shared-parameter model sees it)."""
+    out = {}
+    for key, value in actions.items():
+        x = from_streams(value, num_worlds, num_agents)  # [W, A]
+        cols = [np.roll(x, -(j + 1), axis=1) for j in range(num_agents - 1)]  # agent a sees a+1+j
+        out[key] = to_streams(np.stack(cols, axis=2)) if cols else np.zeros((num_worlds * num_agents, 0), x.dtype)
+    return out
+
+
 def from_streams(x: np.ndarray, num_worlds: int, num_agents: int) -> np.ndarray:
     """[W·A, ...] -> [W, A, ...]; raises if the leading axis is not W·A."""
     x = np.asarray(x)
@@ -104,12 +115,15 @@ class TeamDriver:
     Finished episodes (one per world) carry the team return, the length in rounds and the env's metrics.
     """
 
-    def __init__(self, env: Any, keys: Sequence[str], name: str = "env"):
+    def __init__(self, env: Any, keys: Sequence[str], name: str = "env", mates: bool = False):
+        """`mates`: every step handed to `on_step` also holds `mates` ({head: [N, A-1]}, `mates_of` the actions),
+        which replay stores for a world model that takes the teammates' actions (`agent.team_model`)."""
         if not is_team_env(env):
             raise TypeError(f"TeamDriver needs a team environment (num_worlds, num_agents), got {env!r}.")
         self.env = env
         self.keys = list(keys)
         self.name = name
+        self.mates = bool(mates)
         self.W, self.A = int(env.num_worlds), int(env.num_agents)
         self.num_streams = self.W * self.A
         self.spec, self.act_spec = team_specs(env)
@@ -160,6 +174,13 @@ class TeamDriver:
 
     def step(self, policy: Callable, on_step: Callable[[dict], None] | None = None) -> None:
         """One round: every agent of every world acts, then all worlds advance."""
+        if self.mates:
+            inner = policy
+
+            def policy(obs, is_first):
+                actions, extra = inner(obs, is_first)
+                return actions, {**extra, "mates": mates_of(actions, self.W, self.A)}
+
         current, actions = act(self.observe(), policy, on_step)
         out = self.current
         first, last = np.asarray(out["is_first"]), np.asarray(out["is_last"])

@@ -14,7 +14,8 @@ from lwm import config as lwm_config
 from lwm.actor_critic import action_heads, mask_logits, parse_mask
 from lwm.agent import Agent
 from lwm.loop import _policy_fn
-from lwm.team import AGENT_ID, TeamDriver, from_streams, stream_index, team_specs, to_streams
+from lwm.replay import Replay
+from lwm.team import AGENT_ID, TeamDriver, from_streams, mates_of, stream_index, team_specs, to_streams
 
 SMALL = {"message_len": 1, "token_len": 48}
 
@@ -82,6 +83,64 @@ def test_stream_mapping_world_agent_rows():
     np.testing.assert_array_equal(from_streams(to_streams(x), 3, 2), x)
     with pytest.raises(ValueError, match=r"expected \(6,\) = 3 worlds x 2 agents"):
         from_streams(np.zeros((5,)), 3, 2)
+
+
+def test_driver_records_each_streams_teammates_actions():
+    """`mates=True`: stream (w, a) gets the actions of agents a+1, a+2, ... (mod A) of world w, in that order."""
+    env = RecordingTeam(num_worlds=2, num_agents=3)
+    driver = TeamDriver(env, ["vector", AGENT_ID], mates=True)
+    seen = []
+    for t in range(3):
+        driver.step(lambda obs, first, t=t: ({"move": np.arange(6) * 10 + t}, {"x": np.zeros(6)}), seen.append)
+    for t, step in enumerate(seen):
+        assert step["mates"]["move"].shape == (6, 2) and "x" in step  # the policy's own extras are kept
+        for w in range(2):
+            for a in range(3):
+                want = [stream_index(w, (a + 1 + j) % 3, 3) * 10 + t for j in range(2)]
+                assert step["mates"]["move"][stream_index(w, a, 3)].tolist() == want
+    assert "mates" not in TeamDriver(env, ["vector"]).observe()  # off by default: replay keys stay as they were
+    assert mates_of({"move": np.arange(4)}, 4, 1)["move"].shape == (4, 0)
+
+
+def test_team_model_trains_acts_and_reports():
+    """`agent.team_model`: the RSSM takes own + teammates' one-hot actions (replay's `mates` in training, drawn from
+    the teammate-action head when acting and dreaming); the head's loss falls on a fixed batch; one trace each."""
+    from lwm.imagination import Imagination, collect_team_episodes
+
+    config = lwm_config.load(["debug"], {"agent.team_model": True, "agent.actor.mask": "action_mask:move",
+                                         "agent.opt.lr": 1e-3, "agent.opt.warmup": 0})
+    env = envs.make_batched("defusal_small", 2, seed=4, **SMALL)
+    obs_spec, act_spec = team_specs(env)
+    agent = Agent(obs_spec, act_spec, config)
+    assert agent.mates == 2
+    d = sum(h.num for h in agent.heads)
+    ts = agent.init(0)
+    driver = TeamDriver(env, [k.name for k in agent.keys], mates=True)
+    act = _policy_fn(agent, driver.num_streams, 0, False, lambda: ts["params"])
+    replay = Replay(capacity=6 * 32, num_streams=driver.num_streams, length=config.batch_length, seed=0)
+    for _ in range(config.batch_length + 4):
+        driver.step(act, on_step=replay.add)
+    assert act.state["carry"]["action"].shape == (6, 3 * d)
+    assert np.all(np.asarray(act.state["carry"]["action"]).sum(-1) == 3 * len(agent.heads))  # own + 2 mates
+    batch, _ = replay.sample(config.batch_size, config.agent.rssm.classes)
+    assert batch["mates"]["move"].shape == (config.batch_size, config.batch_length, 2)
+    assert batch["start_mates"]["move"].shape == (config.batch_size, 2)
+    assert agent.prev_actions(batch).shape == (config.batch_size, config.batch_length, 3 * d)
+    first = None
+    for _ in range(25):
+        ts, metrics, _ = agent.train(ts, batch)
+        first = float(metrics["loss/mates"]) if first is None else first
+    assert bool(metrics["train/finite"]) and float(metrics["loss/mates"]) < first - 0.5, (first, metrics)
+    assert agent.traces["train"] == 1 and agent.traces["policy"] == 1
+    episodes = collect_team_episodes(agent, ts["params"], envs.make_batched("defusal_small", 1, seed=5, **SMALL),
+                                     max_steps=6)
+    assert episodes[0]["mates"]["move"].shape == (episodes[0]["length"], 2)
+    result = Imagination(agent).run(ts["params"], episodes, context=2)
+    assert result["episodes"][0]["dream"]["action"]["move"].shape[0] >= 1
+    with pytest.raises(ValueError, match="team_model=true needs a team world"):
+        Agent({k: v for k, v in obs_spec.items() if k != AGENT_ID}, act_spec, config)
+    with pytest.raises(ValueError, match="no teammates' actions"):
+        agent.prev_actions({k: v for k, v in batch.items() if k not in ("mates", "start_mates")})
 
 
 def test_batched_defusal_specs_and_stream_shapes():
@@ -291,3 +350,6 @@ def test_team_learns_small_world(tmp_path):
     assert summary["worlds"] == 8 and summary["agents"] == 3 and ev["episodes"] == 200
     assert ev["score_mean"] >= float(rand["score"].mean()) - 0.2, (ev, rand["score"].mean())
     assert ev["rounds_mean"] <= float(rand["rounds"].mean()) - 0.6, (ev, rand["rounds"].mean())
+    # The same worlds again with argmax actions: reported beside the sampled team, its own full set of metrics.
+    assert ev["greedy_episodes"] == 200 and all(f"greedy_{k}" in ev for k in ev if not k.startswith("greedy_"))
+    assert ev["greedy_score_mean"] >= 0 and 1 <= ev["greedy_rounds_mean"] <= params.max_rounds, ev
