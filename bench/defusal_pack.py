@@ -37,7 +37,7 @@ import numpy as np  # noqa: E402
 
 from envs.defusal import core, scripted  # noqa: E402
 
-CUT = 1 + core.MAX_ROOMS  # action id of the red cutter; green and blue follow
+CUT = scripted.CUT  # action id of the red cutter; green and blue follow
 
 
 def check_world(params: core.Params) -> None:

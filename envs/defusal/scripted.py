@@ -156,7 +156,7 @@ def planner(key: jax.Array, state: core.State, params: core.Params) -> tuple[jax
 
 TEAMS: dict[str, Policy] = {"random_legal": random_legal, "heuristic": heuristic, "planner": planner}
 
-_CUT = 1 + core.MAX_ROOMS  # action id of the red cutter; green and blue follow
+CUT = 1 + core.MAX_ROOMS  # action id of the red cutter; green and blue follow
 
 
 def check_pack_world(params: core.Params) -> None:
@@ -185,15 +185,15 @@ def pack(key: jax.Array, state: core.State, params: core.Params) -> tuple[jax.Ar
     red, bravo green and charlie blue until the bomb is defused (wrong cuts are refused, so trying colours
     replaces knowing the sequence). Needs :func:`check_pack_world`."""
     del key
-    return _pack(state, params, jnp.array([_CUT, _CUT + 1, _CUT + 2], jnp.int32))
+    return _pack(state, params, jnp.array([CUT, CUT + 1, CUT + 2], jnp.int32))
 
 
 def pack_two_colours(key: jax.Array, state: core.State, params: core.Params) -> tuple[jax.Array, jax.Array]:
     """:func:`pack` applying two colours a round: (green, green, red) in even rounds, (red, blue, blue) in odd
     ones, the convention the README's full-world runs learned."""
     del key
-    even = jnp.array([_CUT + 1, _CUT + 1, _CUT], jnp.int32)
-    odd = jnp.array([_CUT, _CUT + 2, _CUT + 2], jnp.int32)
+    even = jnp.array([CUT + 1, CUT + 1, CUT], jnp.int32)
+    odd = jnp.array([CUT, CUT + 2, CUT + 2], jnp.int32)
     return _pack(state, params, jnp.where(state.round % 2 == 0, even, odd))
 
 
