@@ -17,7 +17,9 @@ agents spend in one room, and in rounds where they cut an active bomb together, 
 apply. Then the colour test: in each first cut round at a one-phase bomb, for each agent whose two colours differ in
 what they add to its teammates' cuts that round, does its world model predict more reward (the mean over 32 prior
 draws of the next step after each colour, from the agent's own posterior) for the colour that covers more, and does
-the agent take it? 50% is chance for both. Needs the default start (``same``), three agents and ``wrong_cut: noop``.
+the agent take it? 50% is chance for both. With ``agent.team_model`` it also reports the colour test given the
+teammates' real moves (instead of the teammate-action head's draws), and how often those draws match the moves.
+Needs the default start (``same``), three agents and ``wrong_cut: noop``.
 The last line is JSON.
 """
 
@@ -72,7 +74,10 @@ def trained_team(logdir: Path, mode: str, episodes: int, seed: int, samples: int
     act = make_policy(agent, ts["params"], driver.num_streams, seed, mode == "greedy")
     w_n, a_n = driver.W, driver.A
     tools = core.tools(env.params)
-    together, colours, tests = [], [], []
+    # With agent.team_model the RSSM's action input is [own | teammate a+1 | teammate a+2], each block `width` wide.
+    width = sum(h.num for h in agent.heads)
+    move_at = sum(h.num for h in agent.heads[: [h.name for h in agent.heads].index("move")])
+    together, colours, tests, mates_hits, mates_cut_hits = [], [], [], [], []
     key = [jax.random.key(seed + 1)]
 
     @jax.jit
@@ -97,6 +102,13 @@ def trained_team(logdir: Path, mode: str, episodes: int, seed: int, samples: int
         together.append(same[live])
         cutting = live & same & here.any(1) & np.all(move >= CUT, axis=1)
         colours.extend(len(set(row)) for row in move[cutting].tolist())
+        action_in = np.asarray(carry["action"]).reshape(w_n, a_n, -1)
+        for j in range(agent.mates):  # the teammate-action head's draws (what imagination sees) against the moves
+            lo = width * (1 + j) + move_at
+            drawn = np.argmax(action_in[:, :, lo: lo + core.NUM_ACTIONS], -1)  # [W, A]
+            hit = drawn == np.roll(move, -(j + 1), axis=1)
+            mates_hits.append(hit[live].reshape(-1))
+            mates_cut_hits.append(hit[cutting].reshape(-1))
         # The colour test: first cut round at a one-phase bomb (nobody has tried a colour on it yet).
         first = cutting & np.all(np.asarray(state.last_action) < CUT, axis=1)
         for w in np.flatnonzero(first):
@@ -106,15 +118,20 @@ def trained_team(logdir: Path, mode: str, episodes: int, seed: int, samples: int
                 own = np.flatnonzero(tools[a])
                 i = w * a_n + a
                 onehots = np.repeat(np.asarray(carry["action"][i : i + 1]), len(own), 0)
-                onehots[:, : core.NUM_ACTIONS] = 0
-                onehots[np.arange(len(own)), CUT + own] = 1
+                onehots[:, move_at: move_at + core.NUM_ACTIONS] = 0
+                onehots[np.arange(len(own)), move_at + CUT + own] = 1
+                real = onehots.copy()  # the teammates' moves as they were, not as the head drew them
+                for j in range(agent.mates):
+                    lo = width * (1 + j) + move_at
+                    real[:, lo: lo + core.NUM_ACTIONS] = 0
+                    real[:, lo + move[w, (a + 1 + j) % a_n]] = 1
                 key[0], sub = jax.random.split(key[0])
-                pred = np.asarray(predicted_reward(jnp.repeat(carry["state"]["deter"][i : i + 1], len(own), 0),
-                                                   jnp.repeat(carry["state"]["stoch"][i : i + 1], len(own), 0),
-                                                   jnp.asarray(onehots), sub))
+                pred = [np.asarray(predicted_reward(jnp.repeat(carry["state"]["deter"][i : i + 1], len(own), 0),
+                                                    jnp.repeat(carry["state"]["stoch"][i : i + 1], len(own), 0),
+                                                    jnp.asarray(x), sub)) for x in (onehots, real)]
                 others = {int(move[w, b]) - CUT for b in range(a_n) if b != a}
                 covered = np.array([len(others | {int(c)}) for c in own])  # colours applied this round
-                tests.append((pred, covered, int(move[w, a]) - CUT, own))
+                tests.append((pred[0], covered, int(move[w, a]) - CUT, own, pred[1]))
         return actions, extra
 
     t0 = time.perf_counter()
@@ -127,14 +144,20 @@ def trained_team(logdir: Path, mode: str, episodes: int, seed: int, samples: int
            "cut_rounds": len(colours)}
     # Where the agent's two colours differ in what they add to its teammates' cuts this round: does the model
     # predict more reward for the one that covers more, and which one did the agent take?
-    differ = [(p, c, took, own) for p, c, took, own in tests if c[0] != c[1]]
+    differ = [t for t in tests if t[1][0] != t[1][1]]
     out["colour_tests"] = len(tests)
     out["colour_tests_that_matter"] = len(differ)
     if differ:
         out["model_prefers_covering_pct"] = float(100 * np.mean([(p[0] > p[1]) == (c[0] > c[1])
-                                                                 for p, c, _, _ in differ]))
+                                                                 for p, c, *_ in differ]))
         out["agent_takes_covering_pct"] = float(100 * np.mean([took == own[int(np.argmax(c))]
-                                                               for _, c, took, own in differ]))
+                                                               for _, c, took, own, _ in differ]))
+        if agent.mates:
+            out["model_prefers_covering_given_mates_pct"] = float(100 * np.mean(
+                [(r[0] > r[1]) == (c[0] > c[1]) for _, c, _, _, r in differ]))
+    if mates_hits:
+        out["mates_head_move_pct"] = float(100 * np.concatenate(mates_hits).mean())
+        out["mates_head_cut_round_pct"] = float(100 * np.concatenate(mates_cut_hits).mean())
     out["time_s"] = round(time.perf_counter() - t0, 1)
     return out
 
@@ -180,6 +203,12 @@ def main(argv: list[str] | None = None) -> dict:
                   f"agent's two colours differ in what they add to its teammates' cuts; the world model predicts "
                   f"more reward for the covering one in {t['model_prefers_covering_pct']:.0f}%, the agent takes it "
                   f"in {t['agent_takes_covering_pct']:.0f}%")
+            if "model_prefers_covering_given_mates_pct" in t:
+                print(f"  (team model) given the teammates' real moves instead of its head's draws, the world model "
+                      f"prefers the covering one in {t['model_prefers_covering_given_mates_pct']:.0f}%")
+        if "mates_head_move_pct" in t:
+            print(f"teammate-action head: its draws match the teammates' moves in {t['mates_head_move_pct']:.1f}% of "
+                  f"agent-rounds, {t['mates_head_cut_round_pct']:.1f}% in rounds cut together")
     print(json.dumps(table))
     return table
 

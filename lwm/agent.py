@@ -20,6 +20,7 @@ from typing import Any
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 import optax
 from flax import nnx
 
@@ -98,9 +99,8 @@ class Agent:
         if config.replay.priority_signal not in ("model", "heads"):
             raise ValueError(f"replay.priority_signal={config.replay.priority_signal!r} is not known; "
                              "use 'model' or 'heads'.")
-        if 0 < cfg.imag.starts < config.batch_size:
-            start_indices(config.batch_size, config.batch_length, cfg.imag.starts, jax.random.key(0))  # raises
         self.mates = team_mates(cfg.team_model, self.obs_spec)
+        self.joint = check_joint(cfg.imag.joint, self.mates, config.batch_size, config.batch_length, cfg.imag.starts)
         nets = Nets(self.keys, self.heads, cfg, rngs=nnx.Rngs(0), dtype=self.dtype, mates=self.mates)
         self.graph, params = nnx.split(nets, nnx.Param)
         self.critic_graph, _ = nnx.split(nets.critic, nnx.Param)
@@ -280,16 +280,20 @@ class Agent:
         B, T = batch["reward"].shape
         start = jax.tree.map(lambda x: sg(x).reshape((B * T,) + x.shape[2:]), post)
         start_cont = 1.0 - batch["is_terminal"].reshape(-1).astype(jnp.float32)
-        idx = start_indices(B, T, cfg.imag.starts, k_starts)  # None = every posterior state
+        group = self.mates + 1 if self.joint else 1
+        idx = start_indices(B, T, cfg.imag.starts, k_starts, group)  # None = every posterior state
         if idx is not None:  # the B last states of the rows first (they bootstrap the replay returns)
             start = jax.tree.map(lambda x: x[idx], start)
             start_cont = start_cont[idx]
+        mate_rows = joint_mates(B, T, group, cfg.imag.starts) if self.joint else None
 
         def policy(state, k):
             k_own, k_mates = jax.random.split(k) if self.mates else (k, k)
             feat_s = wm_sg.rssm.feat(state)
             logits = self.dream_logits(frozen.actor, wm_sg, feat_s)
             own = ac.onehot_actions(self.heads, ac.sample_actions(self.heads, logits, k_own))
+            if mate_rows is not None:  # joint imagination: each teammate's own imagined action, same step
+                return jnp.concatenate([own, *[own[r] for r in mate_rows]], -1)
             return self.joint_action(frozen, feat_s, own, k_mates)  # own first: `split_onehot` reads it
 
         states, img_actions = wm_sg.rssm.imagine(start, policy, cfg.imag.horizon, k_img)  # [N, H+1]
@@ -473,17 +477,50 @@ def check_rec_scales(scales: Any, keys: Sequence[Any]) -> dict[str, float]:
     return out
 
 
-def start_indices(B: int, T: int, starts: int, key: jax.Array) -> jax.Array | None:
+def start_indices(B: int, T: int, starts: int, key: jax.Array, group: int = 1) -> jax.Array | None:
     """Which of the B·T posterior states start imagination: None for all (`starts` 0 or ≥ B·T), else the last
-    state of every row (indices [0, B)) followed by `starts` − B others drawn without replacement."""
+    state of every row (indices [0, B)) followed by `starts` − B others drawn without replacement. With `group`
+    > 1 (joint imagination: rows g·group .. g·group + group − 1 are one world's agents) the others are drawn as
+    whole groups, the same step of each of a group's rows, listed one group after another."""
     if starts <= 0 or starts >= B * T:
         return None
     if starts < B:
         raise ValueError(f"agent.imag.starts={starts} must be 0 (every posterior state) or at least batch_size={B} "
                          "(the last state of every sequence starts imagination).")
+    if (starts - B) % group:
+        ok = B + (starts - B) // group * group
+        raise ValueError(f"agent.imag.starts={starts}: with agent.imag.joint, starts - batch_size = {starts - B} "
+                         f"must be a multiple of the {group} agents of a team (e.g. {ok}).")
     last = jnp.arange(B) * T + (T - 1)
-    others = jax.random.permutation(key, B * (T - 1))[: starts - B]
-    return jnp.concatenate([last, (others // (T - 1)) * T + others % (T - 1)])
+    others = jax.random.permutation(key, B // group * (T - 1))[: (starts - B) // group]
+    rows = (others // (T - 1))[:, None] * group + jnp.arange(group)[None]  # [k, group]
+    return jnp.concatenate([last, (rows * T + (others % (T - 1))[:, None]).reshape(-1)])
+
+
+def joint_mates(B: int, T: int, group: int, num_starts: int) -> list[np.ndarray]:
+    """For joint imagination: per teammate j (relative order a + 1 + j, as `lwm.team.mates_of`), the position of
+    each start state's teammate j among the starts: all B·T states row-major (`num_starts` 0), else the
+    `num_starts` of `start_indices`' layout (consecutive groups)."""
+    every = num_starts <= 0 or num_starts >= B * T
+    n = np.arange(B * T if every else num_starts)
+    agent, stride = ((n // T) % group, T) if every else (n % group, 1)
+    return [n + ((agent + 1 + j) % group - agent) * stride for j in range(group - 1)]
+
+
+def check_joint(joint: Any, mates: int, B: int, T: int, starts: int) -> bool:
+    """Validates `agent.imag.joint` against the team model, the batch size and the imagination starts."""
+    if not isinstance(joint, bool):
+        raise ValueError(f"agent.imag.joint={joint!r} must be true or false.")
+    if joint and not mates:
+        raise ValueError("agent.imag.joint=true imagines a team's agents together through the teammates' actions "
+                         "the world model takes; it needs agent.team_model=true (a team world).")
+    group = mates + 1 if joint else 1
+    if B % group:
+        raise ValueError(f"agent.imag.joint=true draws whole teams of {group} agents: batch_size={B} must be a "
+                         f"multiple of {group} (e.g. {B - B % group or group}).")
+    if 0 < starts < B * T:
+        start_indices(B, T, starts, jax.random.key(0), group)  # raises on a bad count
+    return joint
 
 
 def describe_size(num: int) -> str:

@@ -96,7 +96,9 @@ class Replay:
     """Stores `capacity` steps in total, split evenly over `num_streams` environment streams."""
 
     def __init__(self, capacity: int, num_streams: int, length: int, seed: int = 0, priority_frac: float = 0.0,
-                 priority_exponent: float = 0.8, event_frac: float = 0.0):
+                 priority_exponent: float = 0.8, event_frac: float = 0.0, group: int = 1):
+        """`group` > 1: batches are drawn in whole groups of consecutive streams (a team world's agents), the rows
+        of a group the same steps of streams g·group .. g·group + group − 1 (`agent.imag.joint`)."""
         if not 0.0 <= event_frac <= 1.0:
             raise ValueError(f"replay.event_frac={event_frac} is out of range; allowed: 0..1.")
         if not 0.0 <= priority_frac <= 1.0:
@@ -108,6 +110,9 @@ class Replay:
             raise ValueError(f"replay.priority_exponent={priority_exponent} must be >= 0.")
         if num_streams < 1:
             raise ValueError(f"num_streams={num_streams} must be >= 1.")
+        if not isinstance(group, int) or group < 1 or num_streams % group:
+            raise ValueError(f"replay group={group!r} must be a positive integer dividing num_streams={num_streams}.")
+        self.group = group
         per = capacity // num_streams
         if per < length + 1:
             raise ValueError(f"replay.capacity={capacity} holds {per} steps per environment; it needs at least "
@@ -222,20 +227,28 @@ class Replay:
         """A batch [B, T] of chunks plus their context; also the (stream, time) indices for update_latents."""
         if not self.ready():
             raise RuntimeError(f"Replay holds {self.count} steps per stream; sampling needs {self.length + 1}.")
+        if batch % self.group:
+            raise ValueError(f"batch_size={batch} must be a multiple of the replay's group of {self.group} streams "
+                             "(agent.imag.joint draws whole teams).")
         T = self.length
         self._flush()
         oldest = self._oldest()
-        streams = self.rng.integers(0, self.streams, batch)
-        starts = self.rng.integers(1, self.count - T + 1, batch)  # chronological index of the first step
+        rows = batch // self.group
+        streams = self.rng.integers(0, self.streams, rows)
+        starts = self.rng.integers(1, self.count - T + 1, rows)  # chronological index of the first step
         # A drawn step (chronological index >= 1) sits at a uniformly random position of its chunk.
-        n_prio = int(round(batch * self.priority_frac)) if self.weight is not None else 0
+        n_prio = int(round(rows * self.priority_frac)) if self.weight is not None else 0
         if n_prio and self._prio_tree.total() > 0:  # the first n_prio rows
             streams[:n_prio], step = self._draw(self._prio_tree, n_prio)
             starts[:n_prio] = np.clip(step - self.rng.integers(0, T, n_prio), 1, self.count - T)
-        n_event = int(round(batch * self.event_frac))
+        n_event = int(round(rows * self.event_frac))
         if n_event and self._event_tree.total() > 0:  # the last n_event rows
-            streams[batch - n_event:], step = self._draw(self._event_tree, n_event)
-            starts[batch - n_event:] = np.clip(step - self.rng.integers(0, T, n_event), 1, self.count - T)
+            streams[rows - n_event:], step = self._draw(self._event_tree, n_event)
+            starts[rows - n_event:] = np.clip(step - self.rng.integers(0, T, n_event), 1, self.count - T)
+        if self.group > 1:  # each drawn row brings its whole group, at the same steps
+            first = streams - streams % self.group
+            streams = (first[:, None] + np.arange(self.group)[None]).reshape(-1)
+            starts = np.repeat(starts, self.group)
         times = (oldest + starts[:, None] - 1 + np.arange(T + 1)[None]) % self.per  # [B, T+1], col 0 = context
         chunk = {k: v[streams[:, None], times] for k, v in self.data.items()}
         out = {}

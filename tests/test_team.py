@@ -143,6 +143,69 @@ def test_team_model_trains_acts_and_reports():
         agent.prev_actions({k: v for k, v in batch.items() if k not in ("mates", "start_mates")})
 
 
+def test_replay_draws_whole_teams():
+    """Replay(group=A): every drawn row brings its world's A streams at the same steps (uniform and priority rows)."""
+    replay = Replay(capacity=6 * 40, num_streams=6, length=8, seed=1, priority_frac=0.5, group=3)
+    for t in range(40):
+        replay.add({"reward": np.full(6, float(t), np.float32), "who": np.arange(6),
+                    "is_terminal": np.zeros(6, bool), "latent": {"stoch": np.zeros((6, 2, 4), np.float32)}})
+    replay.update_priorities((np.array([4]), np.array([[30] * 8])), np.full((1, 8), 50.0))  # stream 4 stands out
+    for _ in range(20):
+        batch, (streams, times) = replay.sample(6, 4)
+        groups = streams.reshape(2, 3)
+        assert np.all(groups == groups[:, :1] + np.arange(3)) and np.all(groups[:, 0] % 3 == 0), streams
+        assert np.all(times.reshape(2, 3, 8) == times.reshape(2, 3, 8)[:, :1]) and batch["who"].shape == (6, 8)
+    with pytest.raises(ValueError, match="multiple of the replay's group of 3"):
+        replay.sample(4, 4)
+    with pytest.raises(ValueError, match="group=4 must be a positive integer dividing num_streams=6"):
+        Replay(capacity=6 * 40, num_streams=6, length=8, group=4)
+
+
+@pytest.mark.parametrize("starts", [0, 12])
+def test_joint_imagination_pairs_each_start_with_its_teammates(starts):
+    """`agent.imag.joint`: among the imagination starts, teammate j of a start is the same world's agent a+1+j
+    (mod A) at the same step, for all B·T states and for a drawn subset (`start_indices` in whole teams)."""
+    from lwm.agent import check_joint, joint_mates, start_indices
+
+    B, T, A = 6, 5, 3
+    idx = start_indices(B, T, starts, jax.random.key(3), A)
+    flat = np.arange(B * T) if idx is None else np.asarray(idx)
+    assert len(flat) == (B * T if starts == 0 else starts) and len(set(flat.tolist())) == len(flat)
+    assert (flat[:B] == np.arange(B) * T + T - 1).all() or idx is None  # the rows' last states first
+    row, step = flat // T, flat % T
+    for j, pos in enumerate(joint_mates(B, T, A, starts)):
+        assert np.all(row[pos] == row - row % A + (row % A + 1 + j) % A) and np.all(step[pos] == step)
+    with pytest.raises(ValueError, match="multiple of the 3 agents of a team"):
+        start_indices(B, T, 7, jax.random.key(0), A)
+    with pytest.raises(ValueError, match="needs agent.team_model=true"):
+        check_joint(True, 0, B, T, 0)
+    with pytest.raises(ValueError, match="batch_size=16 must be a multiple of 3"):
+        check_joint(True, 2, 16, T, 0)
+    with pytest.raises(ValueError, match="must be true or false"):
+        check_joint("yes", 2, B, T, 0)
+
+
+def test_joint_imagination_trains():
+    """A team model with joint imagination trains on whole-team batches (finite losses, one trace)."""
+    config = lwm_config.load(["debug"], {"agent.team_model": True, "agent.imag.joint": True, "batch_size": 6,
+                                         "agent.imag.starts": 12, "agent.actor.mask": "action_mask:move"})
+    env = envs.make_batched("defusal_small", 2, seed=4, **SMALL)
+    obs_spec, act_spec = team_specs(env)
+    agent = Agent(obs_spec, act_spec, config)
+    assert agent.joint
+    ts = agent.init(0)
+    driver = TeamDriver(env, [k.name for k in agent.keys], mates=True)
+    act = _policy_fn(agent, driver.num_streams, 0, False, lambda: ts["params"])
+    replay = Replay(capacity=6 * 32, num_streams=driver.num_streams, length=config.batch_length, seed=0, group=3)
+    for _ in range(config.batch_length + 4):
+        driver.step(act, on_step=replay.add)
+    for _ in range(3):
+        batch, _ = replay.sample(config.batch_size, config.agent.rssm.classes)
+        ts, metrics, _ = agent.train(ts, batch)
+        assert bool(metrics["train/finite"])
+    assert agent.traces["train"] == 1
+
+
 def test_batched_defusal_specs_and_stream_shapes():
     env = envs.make_batched("defusal_small", 4, seed=1, **SMALL)
     assert env.num_worlds == 4 and env.num_agents == 3
