@@ -26,6 +26,7 @@ The last line is JSON.
 from __future__ import annotations
 
 import argparse
+import collections
 import json
 import sys
 import time
@@ -77,7 +78,7 @@ def trained_team(logdir: Path, mode: str, episodes: int, seed: int, samples: int
     # With agent.team_model the RSSM's action input is [own | teammate a+1 | teammate a+2], each block `width` wide.
     width = sum(h.num for h in agent.heads)
     move_at = sum(h.num for h in agent.heads[: [h.name for h in agent.heads].index("move")])
-    together, colours, tests, mates_hits, mates_cut_hits = [], [], [], [], []
+    together, colours, tests, mates_hits, mates_cut_hits, triples = [], [], [], [], [], []
     key = [jax.random.key(seed + 1)]
 
     @jax.jit
@@ -102,6 +103,7 @@ def trained_team(logdir: Path, mode: str, episodes: int, seed: int, samples: int
         together.append(same[live])
         cutting = live & same & here.any(1) & np.all(move >= CUT, axis=1)
         colours.extend(len(set(row)) for row in move[cutting].tolist())
+        triples.extend(tuple(row) for row in (move[cutting] - CUT).tolist())
         action_in = np.asarray(carry["action"]).reshape(w_n, a_n, -1)
         for j in range(agent.mates):  # the teammate-action head's draws (what imagination sees) against the moves
             lo = width * (1 + j) + move_at
@@ -141,7 +143,10 @@ def trained_team(logdir: Path, mode: str, episodes: int, seed: int, samples: int
            "score_mean": float(np.mean([e["score"] for e in eps])), "rounds_mean": float(rounds.mean()),
            "rounds_std": float(rounds.std()), "together_pct": float(100 * np.concatenate(together).mean()),
            "colours_per_cut_round": float(np.mean(colours)) if colours else float("nan"),
-           "cut_rounds": len(colours)}
+           "cut_rounds": len(colours),
+           # the commonest (alpha, bravo, charlie) cuts in those rounds, colours as r/g/b, with their share in %
+           "cut_triples": {"".join("rgb"[c] for c in t): round(100 * n / max(1, len(triples)), 1)
+                           for t, n in collections.Counter(triples).most_common(6)}}
     # Where the agent's two colours differ in what they add to its teammates' cuts this round: does the model
     # predict more reward for the one that covers more, and which one did the agent take?
     differ = [t for t in tests if t[1][0] != t[1][1]]
@@ -198,6 +203,8 @@ def main(argv: list[str] | None = None) -> dict:
         print(f"{'trained (' + args.mode + ')':<24}{t['score_mean']:>9.2f}{'':7}{t['rounds_mean']:>9.2f} ± "
               f"{t['rounds_std']:<4.2f}  together {t['together_pct']:.1f}% of rounds; "
               f"{t['colours_per_cut_round']:.2f} distinct colours per round cut together ({t['cut_rounds']} rounds)")
+        print("commonest cuts (alpha, bravo, charlie) in those rounds: "
+              + ", ".join(f"{k} {v:.0f}%" for k, v in t["cut_triples"].items()))
         if t["colour_tests_that_matter"]:
             print(f"colour test: {t['colour_tests_that_matter']} of {t['colour_tests']} agent-rounds where the "
                   f"agent's two colours differ in what they add to its teammates' cuts; the world model predicts "
