@@ -1,6 +1,7 @@
 """Pack strategies of the defusal world, and how close a trained team plays to them.
 
-Usage: ``python bench/defusal_pack.py [--seeds 300] [--logdir RUN [--mode greedy|sample] [--episodes 100]]``.
+Usage: ``python bench/defusal_pack.py [--seeds 300] [--logdir RUN [--mode greedy|sample] [--episodes 100]
+[--mates head|real]]``.
 
 A *pack* team (``envs.defusal.scripted.pack``) never inspects and never talks: the three agents stay in one room,
 walk (shortest path, lowest room index on ties) to the nearest room whose bomb is still active, and there cut until
@@ -50,8 +51,12 @@ def check_world(params: core.Params) -> None:
         raise SystemExit(f"defusal_pack: {e}") from None
 
 
-def trained_team(logdir: Path, mode: str, episodes: int, seed: int, samples: int = 32) -> dict:
-    """Plays the run's latest checkpoint; returns its score, rounds, pack measures and the model's colour test."""
+def trained_team(logdir: Path, mode: str, episodes: int, seed: int, samples: int = 32, mates: str = "head") -> dict:
+    """Plays the run's latest checkpoint; returns its score, rounds, pack measures and the model's colour test.
+
+    `mates` (team-model runs): what each agent's RSSM takes as its teammates' last actions when acting: the
+    teammate-action head's draws (`head`, decentralised, as trained agents act) or the actions they really took
+    (`real`: an oracle that measures what the head's guesses cost)."""
     from flax import nnx
 
     from launch.eval import checkpoint_config, make_worlds
@@ -60,7 +65,7 @@ def trained_team(logdir: Path, mode: str, episodes: int, seed: int, samples: int
     from lwm.checkpoint import load_into
     from lwm.evaluate import make_policy, run_episodes
     from lwm.runtime import default_cache_dir, setup_jax
-    from lwm.team import TeamDriver, team_specs
+    from lwm.team import TeamDriver, mates_of, team_specs
 
     run_config = lwm_config.load([str(logdir / "config.yaml")])
     config, directory, step = checkpoint_config(logdir, run_config)
@@ -73,6 +78,8 @@ def trained_team(logdir: Path, mode: str, episodes: int, seed: int, samples: int
     nets = nnx.merge(agent.graph, ts["params"])
     driver = TeamDriver(env, [k.name for k in agent.keys])
     act = make_policy(agent, ts["params"], driver.num_streams, seed, mode == "greedy")
+    if mates == "real" and not agent.mates:
+        raise SystemExit(f"defusal_pack: --mates real needs a run trained with agent.team_model (not {logdir}).")
     w_n, a_n = driver.W, driver.A
     tools = core.tools(env.params)
     # With agent.team_model the RSSM's action input is [own | teammate a+1 | teammate a+2], each block `width` wide.
@@ -92,6 +99,11 @@ def trained_team(logdir: Path, mode: str, episodes: int, seed: int, samples: int
     def policy(obs, is_first):
         state = driver.env.state  # before this round's actions
         actions, extra = act(obs, is_first)
+        if mates == "real":  # the oracle: the teammates' real actions replace the head's draws
+            width_own = sum(h.num for h in agent.heads)
+            real_in = agent._mates_onehot(mates_of(actions, w_n, a_n))
+            own_in = act.state["carry"]["action"][:, :width_own]
+            act.state["carry"] = {**act.state["carry"], "action": jnp.concatenate([own_in, real_in], -1)}
         carry = act.state["carry"]  # each agent's posterior after this observation and its one-hot action
         move = np.asarray(actions["move"]).reshape(w_n, a_n)
         rooms = np.asarray(state.agent_room)
@@ -105,7 +117,7 @@ def trained_team(logdir: Path, mode: str, episodes: int, seed: int, samples: int
         colours.extend(len(set(row)) for row in move[cutting].tolist())
         triples.extend(tuple(row) for row in (move[cutting] - CUT).tolist())
         action_in = np.asarray(carry["action"]).reshape(w_n, a_n, -1)
-        for j in range(agent.mates):  # the teammate-action head's draws (what imagination sees) against the moves
+        for j in range(agent.mates if mates == "head" else 0):  # the teammate-action head's draws (what imagination sees) against the moves
             lo = width * (1 + j) + move_at
             drawn = np.argmax(action_in[:, :, lo: lo + core.NUM_ACTIONS], -1)  # [W, A]
             hit = drawn == np.roll(move, -(j + 1), axis=1)
@@ -139,7 +151,7 @@ def trained_team(logdir: Path, mode: str, episodes: int, seed: int, samples: int
     t0 = time.perf_counter()
     eps = run_episodes(driver, policy, episodes)
     rounds = np.array([e["rounds"] for e in eps])
-    out = {"params": env.params, "checkpoint": str(used), "mode": mode, "episodes": len(eps),
+    out = {"params": env.params, "checkpoint": str(used), "mode": mode, "mates_input": mates, "episodes": len(eps),
            "score_mean": float(np.mean([e["score"] for e in eps])), "rounds_mean": float(rounds.mean()),
            "rounds_std": float(rounds.std()), "together_pct": float(100 * np.concatenate(together).mean()),
            "colours_per_cut_round": float(np.mean(colours)) if colours else float("nan"),
@@ -175,6 +187,9 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--logdir", type=Path, default=None, help="a defusal training run to measure")
     parser.add_argument("--mode", choices=("greedy", "sample"), default="greedy")
     parser.add_argument("--episodes", type=int, default=100, help="episodes of the trained team")
+    parser.add_argument("--mates", choices=("head", "real"), default="head",
+                        help="team-model runs: teammates' last actions from the teammate-action head (as trained "
+                             "agents act) or the real ones (an oracle)")
     args = parser.parse_args(argv)
     if args.seeds < 1 or args.episodes < 1:
         raise SystemExit(f"defusal_pack: --seeds {args.seeds} and --episodes {args.episodes} must be >= 1.")
@@ -182,7 +197,7 @@ def main(argv: list[str] | None = None) -> dict:
     if args.logdir is not None:
         if not (args.logdir / "config.yaml").exists():
             raise SystemExit(f"defusal_pack: --logdir {args.logdir} holds no config.yaml (not a training run).")
-        trained = trained_team(args.logdir, args.mode, args.episodes, args.seed)
+        trained = trained_team(args.logdir, args.mode, args.episodes, args.seed, mates=args.mates)
     # The run's own world; the heuristic team's template messages need message_len 4 (as in launch.eval).
     params = (core.Params() if trained is None else trained.pop("params"))._replace(message_len=4)
     check_world(params)
@@ -200,7 +215,8 @@ def main(argv: list[str] | None = None) -> dict:
               f"{row['rounds_mean']:>9.2f} ± {row['rounds_std']:<4.2f}")
     if trained is not None:
         table["trained"] = t = trained
-        print(f"{'trained (' + args.mode + ')':<24}{t['score_mean']:>9.2f}{'':7}{t['rounds_mean']:>9.2f} ± "
+        name = f"trained ({args.mode}{', real mates' if args.mates == 'real' else ''})"
+        print(f"{name:<24}{t['score_mean']:>9.2f}{'':7}{t['rounds_mean']:>9.2f} ± "
               f"{t['rounds_std']:<4.2f}  together {t['together_pct']:.1f}% of rounds; "
               f"{t['colours_per_cut_round']:.2f} distinct colours per round cut together ({t['cut_rounds']} rounds)")
         print("commonest cuts (alpha, bravo, charlie) in those rounds: "
