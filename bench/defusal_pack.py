@@ -117,7 +117,8 @@ def trained_team(logdir: Path, mode: str, episodes: int, seed: int, samples: int
         colours.extend(len(set(row)) for row in move[cutting].tolist())
         triples.extend(tuple(row) for row in (move[cutting] - CUT).tolist())
         action_in = np.asarray(carry["action"]).reshape(w_n, a_n, -1)
-        for j in range(agent.mates if mates == "head" else 0):  # the teammate-action head's draws (what imagination sees) against the moves
+        # the teammate-action head's draws (what imagination sees) against the moves (not in the oracle)
+        for j in range(agent.mates if mates == "head" else 0):
             lo = width * (1 + j) + move_at
             drawn = np.argmax(action_in[:, :, lo: lo + core.NUM_ACTIONS], -1)  # [W, A]
             hit = drawn == np.roll(move, -(j + 1), axis=1)
