@@ -99,6 +99,12 @@ class Agent:
         if config.replay.priority_signal not in ("model", "heads"):
             raise ValueError(f"replay.priority_signal={config.replay.priority_signal!r} is not known; "
                              "use 'model' or 'heads'.")
+        look, look_head = cfg.actor.lookahead, cfg.actor.lookahead_head
+        if isinstance(look, bool) or not isinstance(look, int | float) or not look >= 0:
+            raise ValueError(f"agent.actor.lookahead={look!r} must be a number >= 0 (0 = off).")
+        if look_head and look_head not in [h.name for h in self.heads]:
+            raise ValueError(f"agent.actor.lookahead_head={look_head!r} is not an action head; heads: "
+                             f"{[h.name for h in self.heads]} ('' = the first).")
         self.mates = team_mates(cfg.team_model, self.obs_spec)
         self.joint = check_joint(cfg.imag.joint, self.mates, config.batch_size, config.batch_length, cfg.imag.starts)
         nets = Nets(self.keys, self.heads, cfg, rngs=nnx.Rngs(0), dtype=self.dtype, mates=self.mates)
@@ -307,6 +313,12 @@ class Agent:
         new_retnorm = ac.retnorm_update(retnorm, ret, rn.decay, rn.low, rn.high)
         norm = ac.retnorm_scale(new_retnorm, rn.limit)
         adv = sg((ret - value[:, :-1]) / norm)
+        look = cfg.actor.lookahead
+        if look > 0:  # before `idx` is reused: the all-action term at the imagination starts
+            look_loss, look_gap = self.lookahead_loss(nets, frozen, start, img_actions[:, 0], norm, k_img)
+            img_total_extra = look * (start_cont * look_loss).mean()
+        else:
+            img_total_extra = 0.0
         idx = ac.split_onehot(self.heads, img_actions[:, :-1])
         # The masked head's flags come from the frozen decoder (no gradient into the world model from here).
         logits = self.dream_logits(nets.actor, wm_sg, ifeat[:, :-1], idx)
@@ -320,6 +332,7 @@ class Agent:
         value_loss = dists.twohot_loss(vlogits, sg(ret), bins)
         slowreg_loss = dists.twohot_loss(vlogits, slow_mean, bins)
         img_total = (weight * (s.policy * policy_loss + s.value * value_loss + s.slowreg * slowreg_loss)).mean()
+        img_total = img_total + s.policy * img_total_extra
 
         # Replay value loss: the critic on real sequences, λ-returns from real rewards, bootstrapped at the end
         # with the imagined return of the last posterior state.
@@ -343,9 +356,42 @@ class Agent:
             "imag/entropy": ent.mean(), "imag/retnorm_scale": norm, "imag/adv_std": adv.std(),
             "wm/kl": jnp.maximum(wm_losses["dyn"], 0).mean(),
         })
+        if look > 0:
+            metrics["imag/lookahead_gap"] = look_gap.mean()
         signal = self.config.replay.priority_signal
         prio = wm_losses["reward"] + wm_losses["cont"] if signal == "heads" else wm_total
         return total, (metrics, new_retnorm, {**post, "loss": sg(prio)})
+
+    def lookahead_q(self, frozen, start, action0: jax.Array, key: jax.Array) -> jax.Array:
+        """[N, n]: the model's one-step value of each of the n actions of `agent.actor.lookahead_head` from the
+        states `start` [N, ...], the rest of the joint action as in `action0` [N, D]: reward + γ·cont·value."""
+        name = self.config.agent.actor.lookahead_head or self.heads[0].name
+        i = [h.name for h in self.heads].index(name)  # checked in __init__
+        off, n = sum(h.num for h in self.heads[:i]), self.heads[i].num
+        start, action0 = sg(start), sg(action0)
+        acts = jnp.broadcast_to(action0[None], (n,) + action0.shape)
+        acts = acts.at[:, :, off: off + n].set(jnp.eye(n, dtype=action0.dtype)[:, None, :])  # [n, N, D]
+        nxt = jax.vmap(lambda a: frozen.wm.rssm.img_step(start, a, key))(acts)  # common noise over k
+        f = sg(frozen.wm.rssm.feat(nxt))
+        q = frozen.wm.reward_mean(f) + self.gamma * frozen.wm.cont_prob(f) * frozen.critic.mean(f)  # [n, N]
+        return sg(q.T)
+
+    def lookahead_loss(self, nets, frozen, start, action0: jax.Array, norm: jax.Array, key: jax.Array
+                       ) -> tuple[jax.Array, jax.Array]:
+        """([N] loss, [N] gap): the all-action policy term at the imagination starts. Every action k of `agent.actor.
+        lookahead_head` (the rest of the joint action, teammates' included, as drawn at step 0) is scored one step
+        ahead by the frozen model, Q_k = reward + γ·cont·value of the next state (the same prior noise for every
+        k), and the actor is pushed towards the better ones: −Σ_k π_k (Q_k − Σ_j π_j Q_j) / norm. No sampling of
+        the own action, so the model's differences between actions (e.g. which colour completes the teammates'
+        cuts) reach the actor without REINFORCE's noise."""
+        name = self.config.agent.actor.lookahead_head or self.heads[0].name
+        q = self.lookahead_q(frozen, start, action0, key)
+        logits = self.dream_logits(nets.actor, frozen.wm, sg(frozen.wm.rssm.feat(sg(start))))[name]
+        pi = jax.nn.softmax(logits.astype(jnp.float32), -1)
+        adv = sg((q - jnp.sum(sg(pi) * q, -1, keepdims=True)) / norm)
+        # (its value is 0 by construction, its gradient is not); `gap`: how much the best action beats the policy
+        gap = jnp.max(jnp.where(pi > 0, adv, -jnp.inf), -1)
+        return -jnp.sum(pi * adv, -1), sg(gap)
 
     def _train(self, ts, batch):
         """One update of world model, actor and critic on one batch. Returns (state, metrics, posteriors).

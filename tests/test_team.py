@@ -5,6 +5,7 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 import numpy as np
+import optax
 import pytest
 
 import envs
@@ -204,6 +205,45 @@ def test_joint_imagination_trains():
         ts, metrics, _ = agent.train(ts, batch)
         assert bool(metrics["train/finite"])
     assert agent.traces["train"] == 1
+
+
+def test_lookahead_moves_the_actor_towards_the_better_actions():
+    """`agent.actor.lookahead`: a gradient step on the all-action term raises the policy's expected one-step value
+    Σ_k π_k Q_k (Q from the model, the teammates' actions fixed); bad settings are named."""
+    from flax import nnx
+
+    config = lwm_config.load(["debug"], {"agent.team_model": True, "agent.actor.lookahead": 1.0,
+                                         "agent.actor.lookahead_head": "move"})
+    env = envs.make_batched("defusal_small", 2, seed=4, **SMALL)
+    obs_spec, act_spec = team_specs(env)
+    agent = Agent(obs_spec, act_spec, config)
+    leaves, tree = jax.tree.flatten(agent.init(0)["params"])
+    keys = jax.random.split(jax.random.key(7), len(leaves))  # untrained heads are 0: give every action its own Q
+    params = jax.tree.unflatten(tree, [x + 0.3 * jax.random.normal(k, x.shape, x.dtype)
+                                       for x, k in zip(leaves, keys, strict=True)])
+    frozen = nnx.merge(agent.graph, params)
+    r, n = config.agent.rssm, 16
+    k1, k2, k3 = jax.random.split(jax.random.key(1), 3)
+    start = {"deter": jax.random.normal(k1, (n, r.deter)),
+             "stoch": jax.nn.one_hot(jax.random.randint(k2, (n, r.stoch), 0, r.classes), r.classes)}
+    feat = frozen.wm.rssm.feat(start)
+    own = jnp.zeros((n, sum(h.num for h in agent.heads))).at[:, 0].set(1.0)
+    action0 = agent.joint_action(frozen, feat, own, k3)
+    q = agent.lookahead_q(frozen, start, action0, k3)
+    assert q.shape == (n, 9) and float(jnp.std(q, -1).mean()) > 0
+
+    def expected(p):
+        return jnp.sum(jax.nn.softmax(nnx.merge(agent.graph, p).actor(feat)["move"], -1) * q, -1).mean()
+
+    grads = jax.grad(lambda p: agent.lookahead_loss(nnx.merge(agent.graph, p), frozen, start, action0, 1.0,
+                                                    k3)[0].mean())(params)
+    assert float(optax.tree.norm(grads["actor"])) > 0 and float(optax.tree.norm(grads["wm"])) == 0
+    stepped = jax.tree.map(lambda p, g: p - 0.05 * g, params, grads)
+    assert float(expected(stepped)) > float(expected(params)) + 1e-4
+    for bad, match in [({"agent.actor.lookahead": -1.0}, "lookahead=-1.0 must be a number >= 0"),
+                       ({"agent.actor.lookahead_head": "jump"}, "lookahead_head='jump' is not an action head")]:
+        with pytest.raises(ValueError, match=match):
+            Agent(obs_spec, act_spec, lwm_config.load(["debug"], {"agent.team_model": True, **bad}))
 
 
 def test_batched_defusal_specs_and_stream_shapes():
