@@ -107,6 +107,8 @@ class Agent:
                              f"{[h.name for h in self.heads]} ('' = the first).")
         self.mates = team_mates(cfg.team_model, self.obs_spec)
         self.joint = check_joint(cfg.imag.joint, self.mates, config.batch_size, config.batch_length, cfg.imag.starts)
+        self.team_group = self.mates + 1 if self.joint else 1  # replay rows drawn together (whole teams when joint)
+        self.look_head = [h.name for h in self.heads].index(look_head) if look_head else 0
         nets = Nets(self.keys, self.heads, cfg, rngs=nnx.Rngs(0), dtype=self.dtype, mates=self.mates)
         self.graph, params = nnx.split(nets, nnx.Param)
         self.critic_graph, _ = nnx.split(nets.critic, nnx.Param)
@@ -286,7 +288,7 @@ class Agent:
         B, T = batch["reward"].shape
         start = jax.tree.map(lambda x: sg(x).reshape((B * T,) + x.shape[2:]), post)
         start_cont = 1.0 - batch["is_terminal"].reshape(-1).astype(jnp.float32)
-        group = self.mates + 1 if self.joint else 1
+        group = self.team_group
         idx = start_indices(B, T, cfg.imag.starts, k_starts, group)  # None = every posterior state
         if idx is not None:  # the B last states of the rows first (they bootstrap the replay returns)
             start = jax.tree.map(lambda x: x[idx], start)
@@ -315,7 +317,8 @@ class Agent:
         adv = sg((ret - value[:, :-1]) / norm)
         look = cfg.actor.lookahead
         if look > 0:  # before `idx` is reused: the all-action term at the imagination starts
-            look_loss, look_gap = self.lookahead_loss(nets, frozen, start, img_actions[:, 0], norm, k_img)
+            look_loss, look_gap = self.lookahead_loss(nets, frozen, start, ifeat[:, 0], img_actions[:, 0], norm,
+                                                      jax.random.fold_in(k_img, 1))
             img_total_extra = look * (start_cont * look_loss).mean()
         else:
             img_total_extra = 0.0
@@ -365,8 +368,7 @@ class Agent:
     def lookahead_q(self, frozen, start, action0: jax.Array, key: jax.Array) -> jax.Array:
         """[N, n]: the model's one-step value of each of the n actions of `agent.actor.lookahead_head` from the
         states `start` [N, ...], the rest of the joint action as in `action0` [N, D]: reward + γ·cont·value."""
-        name = self.config.agent.actor.lookahead_head or self.heads[0].name
-        i = [h.name for h in self.heads].index(name)  # checked in __init__
+        i = self.look_head
         off, n = sum(h.num for h in self.heads[:i]), self.heads[i].num
         start, action0 = sg(start), sg(action0)
         acts = jnp.broadcast_to(action0[None], (n,) + action0.shape)
@@ -376,17 +378,16 @@ class Agent:
         q = frozen.wm.reward_mean(f) + self.gamma * frozen.wm.cont_prob(f) * frozen.critic.mean(f)  # [n, N]
         return sg(q.T)
 
-    def lookahead_loss(self, nets, frozen, start, action0: jax.Array, norm: jax.Array, key: jax.Array
-                       ) -> tuple[jax.Array, jax.Array]:
-        """([N] loss, [N] gap): the all-action policy term at the imagination starts. Every action k of `agent.actor.
-        lookahead_head` (the rest of the joint action, teammates' included, as drawn at step 0) is scored one step
-        ahead by the frozen model, Q_k = reward + γ·cont·value of the next state (the same prior noise for every
-        k), and the actor is pushed towards the better ones: −Σ_k π_k (Q_k − Σ_j π_j Q_j) / norm. No sampling of
-        the own action, so the model's differences between actions (e.g. which colour completes the teammates'
-        cuts) reach the actor without REINFORCE's noise."""
-        name = self.config.agent.actor.lookahead_head or self.heads[0].name
+    def lookahead_loss(self, nets, frozen, start, feat0: jax.Array, action0: jax.Array, norm: jax.Array,
+                       key: jax.Array) -> tuple[jax.Array, jax.Array]:
+        """([N] loss, [N] gap): the all-action policy term at the imagination starts `start` (features `feat0`).
+        Every action k of `agent.actor.lookahead_head` (the rest of the joint action, teammates' included, as
+        drawn at step 0) is scored one step ahead by the frozen model, Q_k = reward + γ·cont·value of the next
+        state (the same prior noise for every k), and the actor is pushed towards the better ones:
+        −Σ_k π_k (Q_k − Σ_j π_j Q_j) / norm. No sampling of the own action, so the model's differences between
+        actions (e.g. which colour completes the teammates' cuts) reach the actor without REINFORCE's noise."""
         q = self.lookahead_q(frozen, start, action0, key)
-        logits = self.dream_logits(nets.actor, frozen.wm, sg(frozen.wm.rssm.feat(sg(start))))[name]
+        logits = self.dream_logits(nets.actor, frozen.wm, sg(feat0))[self.heads[self.look_head].name]
         pi = jax.nn.softmax(logits.astype(jnp.float32), -1)
         adv = sg((q - jnp.sum(sg(pi) * q, -1, keepdims=True)) / norm)
         # (its value is 0 by construction, its gradient is not); `gap`: how much the best action beats the policy

@@ -176,7 +176,7 @@ def train_loop(config, logdir: str | Path, make_env: Callable[[int], dm_env.Envi
     B, T = config.batch_size, config.batch_length
     replay_kwargs = {"seed": seed, "priority_frac": config.replay.priority_frac,
                      "priority_exponent": config.replay.priority_exponent, "event_frac": config.replay.event_frac,
-                     "group": agent.mates + 1 if agent.joint else 1}  # joint imagination: batches of whole teams
+                     "group": agent.team_group}  # joint imagination: batches of whole teams
     replay = Replay(config.replay.capacity, num_streams, T, **replay_kwargs)
     keys = [k.name for k in agent.keys]
     driver = (TeamDriver(envs[0], keys, name=config.env.name, mates=agent.mates > 0) if team

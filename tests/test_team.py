@@ -235,7 +235,7 @@ def test_lookahead_moves_the_actor_towards_the_better_actions():
     def expected(p):
         return jnp.sum(jax.nn.softmax(nnx.merge(agent.graph, p).actor(feat)["move"], -1) * q, -1).mean()
 
-    grads = jax.grad(lambda p: agent.lookahead_loss(nnx.merge(agent.graph, p), frozen, start, action0, 1.0,
+    grads = jax.grad(lambda p: agent.lookahead_loss(nnx.merge(agent.graph, p), frozen, start, feat, action0, 1.0,
                                                     k3)[0].mean())(params)
     assert float(optax.tree.norm(grads["actor"])) > 0 and float(optax.tree.norm(grads["wm"])) == 0
     stepped = jax.tree.map(lambda p, g: p - 0.05 * g, params, grads)
