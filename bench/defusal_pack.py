@@ -10,7 +10,12 @@ it is defused. Wrong cuts are refused (``wrong_cut: noop``), so trying colours r
 * ``pack, 3 colours``: alpha cuts red, bravo green, charlie blue every round (with two tools each, the only other
   cover is green / blue / red), so each round applies all three colours (in the world's random order);
 * ``pack, 2 colours``: the agents alternate (green, green, red) and (red, blue, blue), two colours a round, the
-  convention the full-world runs of the README learned.
+  convention the full-world runs of the README learned;
+* ``pack, shortest tour``: three colours a round, walking a shortest tour of the active bombs' rooms instead of to
+  the nearest one: the best a team that never splits can do (knowing the sequences would not help it, since the
+  world applies a round's cuts in a random order);
+* ``scouts`` (not a pack): silent and decentralised like the pack, but an agent leaves a bomb once its own colour
+  has cut a phase of it (no colour repeats within a bomb) and walks ahead to the next one.
 
 With ``--logdir`` the script also plays a training run's latest checkpoint (the launcher's world and model) and
 measures how much of a pack it is (the scripted rows then play the run's own world): the share of rounds its three
@@ -206,6 +211,7 @@ def main(argv: list[str] | None = None) -> dict:
     print(f"{'team':<24}{'score':>16}{'rounds':>16}")
     table: dict[str, dict] = {}
     teams = {"pack, 3 colours": scripted.pack, "pack, 2 colours": scripted.pack_two_colours,
+             "pack, shortest tour": scripted.pack_tour, "scouts": scripted.pack_scouts,
              "heuristic": scripted.heuristic, "planner": scripted.planner}
     for name, policy in teams.items():
         r = scripted.evaluate(policy, params, jax.random.key(args.seed), args.seeds)

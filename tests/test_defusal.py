@@ -319,7 +319,8 @@ def test_baselines_sanity():
 
 
 def test_pack_teams():
-    """Trying all three colours a round beats two colours a round by over two rounds; both defuse everything."""
+    """Trying all three colours a round beats two colours a round by over two rounds; a shortest tour beats the
+    nearest-room walk; silent scouts that split up beat any pack; all defuse everything."""
     key = jax.random.key(0)
     three = scripted.evaluate(scripted.pack, P, key, 200)
     two = scripted.evaluate(scripted.pack_two_colours, P, key, 200)
@@ -327,6 +328,13 @@ def test_pack_teams():
     # Cuts after the bomb went in the same round find no active bomb: invalid, as with the trained team.
     assert np.all(three["messages_sent"] == 0) and 70 < three["valid_pct"].mean() < 100
     assert 10.0 < three["rounds"].mean() < 12.5 < 13.0 < two["rounds"].mean() < 15.0, (three, two)
+    # The shortest tour saves the nearest-room walk's detours (4 moves from every start of the fixed map, plus
+    # 1 + 1 + 1.5 + 1.5 + 2.08 expected cut rounds = 11.08); scouts leave a bomb their colour is spent on.
+    tour = scripted.evaluate(scripted.pack_tour, P, key, 200)
+    scouts = scripted.evaluate(scripted.pack_scouts, P, key, 200)
+    assert np.all(tour["score"] == 90) and np.all(scouts["score"] == 90)
+    assert 10.8 < tour["rounds"].mean() < 11.35 and three["rounds"].mean() - tour["rounds"].mean() > 0.2, (tour, three)
+    assert scouts["rounds"].mean() < tour["rounds"].mean() - 0.3 and scouts["messages_sent"].sum() == 0, scouts
     scripted.check_pack_world(P._replace(tools_per_agent=1))  # one tool each: alpha red, bravo green, charlie blue
     for change in ({"start": "separate"}, {"wrong_cut": "explode"}):
         with pytest.raises(ValueError, match=f"pack teams need.*{next(iter(change.values()))}"):

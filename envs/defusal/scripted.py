@@ -10,12 +10,17 @@
 * :func:`planner` — centralised with full information (all sequences, all positions): every agent walks to the
   nearest bomb whose next colour it owns and the lowest-index capable agent cuts. Greedy, not optimal.
 
+* pack teams (silent, never inspect; need :func:`check_pack_world`): :func:`pack` (together, nearest room first,
+  three colours a round), :func:`pack_two_colours`, :func:`pack_tour` (a shortest tour: the best a team that never
+  splits can do) and :func:`pack_scouts` (an agent walks ahead once its colour is spent on the bomb here).
+
 :func:`evaluate` runs any of them over many seeds at once (``vmap`` over worlds, ``lax.scan`` over rounds).
 """
 
 from __future__ import annotations
 
 import functools
+import itertools
 from collections.abc import Callable
 
 import jax
@@ -167,13 +172,36 @@ def check_pack_world(params: core.Params) -> None:
         raise ValueError(f"the pack teams need start='same', num_agents=3, wrong_cut='noop'; got {bad}.")
 
 
-def _pack(state: core.State, params: core.Params, cut: jax.Array) -> tuple[jax.Array, jax.Array]:
+def _tour_target(room: jax.Array, dist: jax.Array, bomb_room: jax.Array, active: jax.Array,
+                 wanted: jax.Array | None = None) -> jax.Array:
+    """The room of the first bomb on a shortest walk from ``room`` through every active bomb's room (or the first
+    ``wanted`` one on it): all orders of the bombs (B! of them, static) are scored at once, inactive bombs cost
+    nothing; the lowest order wins ties."""
+    wanted = active if wanted is None else wanted & active
+    orders = jnp.asarray(list(itertools.permutations(range(bomb_room.shape[0]))), jnp.int32)  # [P, B]
+    pos = jnp.full(orders.shape[:1], room)
+    cost = jnp.zeros(orders.shape[:1], jnp.int32)
+    first = jnp.full(orders.shape[:1], -1)
+    for i in range(orders.shape[1]):
+        b = orders[:, i]
+        on = active[b]
+        cost = cost + jnp.where(on, dist[pos, bomb_room[b]], 0)
+        pos = jnp.where(on, bomb_room[b], pos)
+        first = jnp.where(wanted[b] & (first < 0), b, first)
+    return bomb_room[jnp.maximum(first[jnp.argmin(cost)], 0)]
+
+
+def _pack(state: core.State, params: core.Params, cut: jax.Array, tour: bool = False) -> tuple[jax.Array, jax.Array]:
     """All agents in agent 0's room: `cut` [A] while its bomb is active, else one hop towards the nearest room
-    with an active bomb (shortest path, lowest index on ties, so a pack stays together); silent."""
+    with an active bomb (shortest path, lowest index on ties, so a pack stays together), or with ``tour`` towards
+    the first room of a shortest walk through all of them; silent."""
     active = state.bomb_status == core.ACTIVE
     room = state.agent_room[0]
     dist = distances(state.adjacency)
-    target = state.bomb_room[jnp.argmin(jnp.where(active, dist[room, state.bomb_room], _BIG))]
+    if tour:
+        target = _tour_target(room, dist, state.bomb_room, active)
+    else:
+        target = state.bomb_room[jnp.argmin(jnp.where(active, dist[room, state.bomb_room], _BIG))]
     hop = jnp.argmin(jnp.where(state.adjacency[room], dist[:, target], _BIG))
     here = jnp.any((state.bomb_room == room) & active)
     acts = jnp.where(here, cut, jnp.full((params.num_agents,), 1 + hop, jnp.int32))
@@ -186,6 +214,45 @@ def pack(key: jax.Array, state: core.State, params: core.Params) -> tuple[jax.Ar
     replaces knowing the sequence). Needs :func:`check_pack_world`."""
     del key
     return _pack(state, params, jnp.array([CUT, CUT + 1, CUT + 2], jnp.int32))
+
+
+def pack_tour(key: jax.Array, state: core.State, params: core.Params) -> tuple[jax.Array, jax.Array]:
+    """:func:`pack` walking a shortest tour of the active bombs' rooms instead of to the nearest one: the fewest
+    moves a pack can make, so (knowing nothing, and knowing cannot order the cuts within a round) the best a
+    team that never splits can do. Needs :func:`check_pack_world`."""
+    del key
+    return _pack(state, params, jnp.array([CUT, CUT + 1, CUT + 2], jnp.int32), tour=True)
+
+
+def pack_scouts(key: jax.Array, state: core.State, params: core.Params) -> tuple[jax.Array, jax.Array]:
+    """Decentralised and silent, the pack with one change: an agent leaves a bomb as soon as its own colour has cut
+    one of its phases (no colour repeats within a bomb, so it can no longer help there; it knows this from its own
+    cut's result) and walks ahead on a shortest tour of the active bombs it may still help with. Each agent cuts
+    only its colour (alpha red, bravo green, charlie blue), so those who stay always hold every colour still
+    needed. Needs :func:`check_pack_world`."""
+    del key
+    colour = jnp.arange(params.num_agents, dtype=jnp.int32)  # alpha red, bravo green, charlie blue
+    active = state.bomb_status == core.ACTIVE
+    phase = jnp.arange(state.bomb_seq.shape[1])
+    cut_so_far = (phase[None, :] < state.bomb_progress[:, None]) & (state.bomb_seq >= 0)  # [B, 3]
+    spent = jnp.any(cut_so_far[None] & (state.bomb_seq[None] == colour[:, None, None]), -1)  # [A, B]
+    useful = active[None, :] & ~spent  # [A, B]: bombs an agent may still help with
+    dist = distances(state.adjacency)
+
+    def one(a: jax.Array) -> jax.Array:
+        room = state.agent_room[a]
+        # Everyone here cut last round and every cut was refused: the colour this bomb needs next is elsewhere, so
+        # move on (else two groups can wait for each other for ever). Each of them sees the phases left not change.
+        with_me = state.agent_room == room
+        stalled = jnp.all(~with_me | (state.last_result == core.R_CUT_WRONG_NOOP))
+        wanted = useful[a] & ~(stalled & (state.bomb_room == room))
+        here = jnp.any((state.bomb_room == room) & wanted)
+        target = _tour_target(room, dist, state.bomb_room, active, wanted)
+        hop = jnp.argmin(jnp.where(state.adjacency[room], dist[:, target], _BIG))
+        return jnp.where(here | ~jnp.any(wanted), CUT + colour[a], 1 + hop)
+
+    acts = jax.vmap(one)(jnp.arange(params.num_agents))
+    return acts.astype(jnp.int32), jnp.zeros((params.num_agents, params.message_len), jnp.int32)
 
 
 def pack_two_colours(key: jax.Array, state: core.State, params: core.Params) -> tuple[jax.Array, jax.Array]:
