@@ -14,7 +14,7 @@
 Suites (each needs a checkpoint of one of its worlds):
   defusal    worlds defusal, defusal_small: team score, rounds to completion, valid-action %, explosions and
              messages for the agent (sampled and argmax actions), the same checkpoint with the channel silenced,
-             the scripted teams (random legal, heuristic, planner, pack) and Li et al. (2023) Table 1
+             the scripted teams (random legal, heuristic, planner, the packs, scouts) and Li et al. (2023) Table 1
              (published); belief probes (theory of mind)
              on the frozen world model's latent states beside Table 2, a random-initialised model and the base rate
   gridworld  worlds grid_*, minigrid, tokenchoice: return and length of the agent, the same checkpoint with every
@@ -276,9 +276,10 @@ def defusal_suite(agent, params, config, opts: dict, random_params) -> dict:
     t0 = time.time()
     base_params = make_worlds(config, 1, seeds[0])[0].params._replace(message_len=4)
     teams = dict(scripted.TEAMS)
-    try:  # the pack team (together, all three colours a round) where the world allows it
+    try:  # the pack teams (together, all three colours a round) and the scouts, where the world allows them
         scripted.check_pack_world(base_params)
-        teams["pack"] = scripted.pack
+        teams.update({"pack": scripted.pack, "pack (shortest tour)": scripted.pack_tour,
+                      "scouts": scripted.pack_scouts})
     except ValueError:
         pass
     for i, name in enumerate(teams):
@@ -299,7 +300,9 @@ def defusal_suite(agent, params, config, opts: dict, random_params) -> dict:
              "Agent rows: one checkpoint, actions sampled (sample) or argmax (greedy); the silenced ablation runs "
              "the same checkpoint with the world's `silence` switch on (no message reaches a teammate).",
              "Scripted teams use their own template messages (message_len 4); the planner sees everything; the "
-             "pack walks together and applies all three colours each round, never inspecting or talking.",
+             "pack walks together and applies all three colours each round, never inspecting or talking; with the "
+             "shortest tour it is the best a team that never splits can do; scouts are the pack, except that an "
+             "agent walks on to the next bomb once its own colour has cut a phase of the bomb here.",
              "Published rows: Li et al. (EMNLP 2023) Table 1, 3 trials each, on the full world (5 rooms, 5 bombs, "
              "30 rounds, score /90)."]
     if p.silence:

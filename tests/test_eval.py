@@ -91,11 +91,12 @@ def test_defusal_suite_writes_everything(defusal_eval):
         assert (out / plot).read_bytes()[:8] == PNG
     suite = results["suites"]["defusal"]
     names = [r["name"] for r in suite["rows"]]
-    assert names[:8] == ["agent (sample)", "agent, channel silenced (sample)", "agent (greedy)",
-                         "agent, channel silenced (greedy)", "random legal", "heuristic", "planner", "pack"]
+    assert names[:10] == ["agent (sample)", "agent, channel silenced (sample)", "agent (greedy)",
+                          "agent, channel silenced (greedy)", "random legal", "heuristic", "planner", "pack",
+                          "pack (shortest tour)", "scouts"]
     assert {"ChatGPT", "GPT-4", "GPT-4 + belief state", "CBS planner (centralised)"} <= set(names)
     assert results["meta"]["mode"] == "sample, greedy"
-    for row in suite["rows"][:8]:
+    for row in suite["rows"][:10]:
         assert row["episodes"] == 12  # 6 episodes x 2 seeds
         for metric in ("score", "rounds", "valid_pct", "explosions"):
             s = row["metrics"][metric]
