@@ -43,6 +43,11 @@ def distances(adjacency: jax.Array) -> jax.Array:
     return d
 
 
+def _hop(adjacency: jax.Array, dist: jax.Array, room: jax.Array, target: jax.Array) -> jax.Array:
+    """The neighbour of ``room`` on a shortest path to ``target`` (the lowest index on ties)."""
+    return jnp.argmin(jnp.where(adjacency[room], dist[:, target], _BIG))
+
+
 def _random_legal_actions(key: jax.Array, mask: jax.Array) -> jax.Array:
     """int32 [...]: uniform among the True entries of each row of ``mask`` [..., N] (0 where a row has none)."""
     return legal_from_bits(jax.random.bits(key, mask.shape[:-1], jnp.uint32), mask)
@@ -128,8 +133,7 @@ def _team_policy(key: jax.Array, state: core.State, params: core.Params, full_in
         best = jnp.argmin(cost)
         has_target = prio[best] < 9
         target_room = state.bomb_room[best]
-        hop_cost = jnp.where(state.adjacency[my_room], dist[:, target_room], _BIG)
-        hop = jnp.argmin(hop_cost)
+        hop = _hop(state.adjacency, dist, my_room, target_room)
         move = jnp.where(target_room == my_room, 0, 1 + hop)
         act = jnp.where(
             present & ~know[kh],
@@ -202,7 +206,7 @@ def _pack(state: core.State, params: core.Params, cut: jax.Array, tour: bool = F
         target = _tour_target(room, dist, state.bomb_room, active)
     else:
         target = state.bomb_room[jnp.argmin(jnp.where(active, dist[room, state.bomb_room], _BIG))]
-    hop = jnp.argmin(jnp.where(state.adjacency[room], dist[:, target], _BIG))
+    hop = _hop(state.adjacency, dist, room, target)
     here = jnp.any((state.bomb_room == room) & active)
     acts = jnp.where(here, cut, jnp.full((params.num_agents,), 1 + hop, jnp.int32))
     return acts.astype(jnp.int32), jnp.zeros((params.num_agents, params.message_len), jnp.int32)
@@ -248,7 +252,7 @@ def pack_scouts(key: jax.Array, state: core.State, params: core.Params) -> tuple
         wanted = useful[a] & ~(stalled & (state.bomb_room == room))
         here = jnp.any((state.bomb_room == room) & wanted)
         target = _tour_target(room, dist, state.bomb_room, active, wanted)
-        hop = jnp.argmin(jnp.where(state.adjacency[room], dist[:, target], _BIG))
+        hop = _hop(state.adjacency, dist, room, target)
         return jnp.where(here | ~jnp.any(wanted), CUT + colour[a], 1 + hop)
 
     acts = jax.vmap(one)(jnp.arange(params.num_agents))
