@@ -19,8 +19,8 @@ it is defused. Wrong cuts are refused (``wrong_cut: noop``), so trying colours r
 
 With ``--logdir`` the script also plays a training run's latest checkpoint (the launcher's world and model) and
 measures how much of a pack it is (the scripted rows then play the run's own world): the share of rounds its three
-agents spend in one room, and in rounds where they cut an active bomb together, how many distinct colours they
-apply. Then the colour test: in each first cut round at a one-phase bomb, for each agent whose two colours differ in
+agents spend in one room, in rounds where they cut an active bomb together, how many distinct colours they
+apply, and what an agent does the round after its own cut advanced a bomb that stays active (scouts walk on). Then the colour test: in each first cut round at a one-phase bomb, for each agent whose two colours differ in
 what they add to its teammates' cuts that round, does its world model predict more reward (the mean over 32 prior
 draws of the next step after each colour, from the agent's own posterior) for the colour that covers more, and does
 the agent take it? 50% is chance for both. With ``agent.team_model`` it also reports the colour test given the
@@ -90,7 +90,7 @@ def trained_team(logdir: Path, mode: str, episodes: int, seed: int, samples: int
     # With agent.team_model the RSSM's action input is [own | teammate a+1 | teammate a+2], each block `width` wide.
     width = sum(h.num for h in agent.heads)
     move_at = sum(h.num for h in agent.heads[: [h.name for h in agent.heads].index("move")])
-    together, colours, tests, mates_hits, mates_cut_hits, triples = [], [], [], [], [], []
+    together, colours, tests, mates_hits, mates_cut_hits, triples, after_advance = [], [], [], [], [], [], []
     key = [jax.random.key(seed + 1)]
 
     @jax.jit
@@ -121,6 +121,11 @@ def trained_team(logdir: Path, mode: str, episodes: int, seed: int, samples: int
         cutting = live & same & here.any(1) & np.all(move >= CUT, axis=1)
         colours.extend(len(set(row)) for row in move[cutting].tolist())
         triples.extend(tuple(row) for row in (move[cutting] - CUT).tolist())
+        # After an agent's cut advanced the bomb in its room, which stays active: does it walk on (as the scouts do
+        # once their colour is spent) or stay and cut?
+        mine = (bomb_room[:, None, :] == rooms[:, :, None]) & active[:, None, :]  # [W, A, B]
+        spent = live[:, None] & (np.asarray(state.last_result) == core.R_CUT_ADVANCE) & mine.any(-1)
+        after_advance.extend(np.where(move[spent] >= CUT, "cut", np.where(move[spent] == 0, "inspect", "move")))
         action_in = np.asarray(carry["action"]).reshape(w_n, a_n, -1)
         # the teammate-action head's draws (what imagination sees) against the moves (not in the oracle)
         for j in range(agent.mates if mates == "head" else 0):
@@ -164,7 +169,11 @@ def trained_team(logdir: Path, mode: str, episodes: int, seed: int, samples: int
            "cut_rounds": len(colours),
            # the commonest (alpha, bravo, charlie) cuts in those rounds, colours as r/g/b, with their share in %
            "cut_triples": {"".join("rgb"[c] for c in t): round(100 * n / max(1, len(triples)), 1)
-                           for t, n in collections.Counter(triples).most_common(6)}}
+                           for t, n in collections.Counter(triples).most_common(6)},
+           # what agents do the round after their own cut advanced a bomb that is still active, in %
+           "after_advance_rounds": len(after_advance),
+           "after_advance": {k: round(100 * v / max(1, len(after_advance)), 1)
+                             for k, v in collections.Counter(after_advance).items()}}
     # Where the agent's two colours differ in what they add to its teammates' cuts this round: does the model
     # predict more reward for the one that covers more, and which one did the agent take?
     differ = [t for t in tests if t[1][0] != t[1][1]]
@@ -228,6 +237,8 @@ def main(argv: list[str] | None = None) -> dict:
               f"{t['colours_per_cut_round']:.2f} distinct colours per round cut together ({t['cut_rounds']} rounds)")
         print("commonest cuts (alpha, bravo, charlie) in those rounds: "
               + ", ".join(f"{k} {v:.0f}%" for k, v in t["cut_triples"].items()))
+        print(f"the round after an agent's own cut advanced a bomb still active ({t['after_advance_rounds']} "
+              "agent-rounds): " + ", ".join(f"{k} {v:.0f}%" for k, v in sorted(t["after_advance"].items())))
         if t["colour_tests_that_matter"]:
             print(f"colour test: {t['colour_tests_that_matter']} of {t['colour_tests']} agent-rounds where the "
                   f"agent's two colours differ in what they add to its teammates' cuts; the world model predicts "
