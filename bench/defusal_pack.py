@@ -20,7 +20,9 @@ it is defused. Wrong cuts are refused (``wrong_cut: noop``), so trying colours r
 With ``--logdir`` the script also plays a training run's latest checkpoint (the launcher's world and model) and
 measures how much of a pack it is (the scripted rows then play the run's own world): the share of rounds its three
 agents spend in one room, in rounds where they cut an active bomb together, how many distinct colours they
-apply, and what an agent does the round after its own cut advanced a bomb that stays active (scouts walk on). Then the colour test: in each first cut round at a one-phase bomb, for each agent whose two colours differ in
+apply, and what an agent does the round after its own cut advanced a bomb that stays active (scouts walk on), with
+how its model's one-step value (what ``agent.actor.lookahead`` trains on) rates walking on against what it does.
+Then the colour test: in each first cut round at a one-phase bomb, for each agent whose two colours differ in
 what they add to its teammates' cuts that round, does its world model predict more reward (the mean over 32 prior
 draws of the next step after each colour, from the agent's own posterior) for the colour that covers more, and does
 the agent take it? 50% is chance for both. With ``agent.team_model`` it also reports the colour test given the
@@ -90,7 +92,8 @@ def trained_team(logdir: Path, mode: str, episodes: int, seed: int, samples: int
     # With agent.team_model the RSSM's action input is [own | teammate a+1 | teammate a+2], each block `width` wide.
     width = sum(h.num for h in agent.heads)
     move_at = sum(h.num for h in agent.heads[: [h.name for h in agent.heads].index("move")])
-    together, colours, tests, mates_hits, mates_cut_hits, triples, after_advance = [], [], [], [], [], [], []
+    together, colours, tests, mates_hits, mates_cut_hits, triples = [], [], [], [], [], []
+    after_advance, walk_gain, again, prev_spent = [], [], [], [None]
     key = [jax.random.key(seed + 1)]
 
     @jax.jit
@@ -100,6 +103,14 @@ def trained_team(logdir: Path, mode: str, episodes: int, seed: int, samples: int
             nxt = nets.wm.rssm.img_step({"deter": deter, "stoch": stoch}, action, kk)
             return nets.wm.reward_mean(nets.wm.rssm.feat(nxt))
         return jax.vmap(one)(jax.random.split(k, samples)).mean(0)
+
+    agent.look_head = [h.name for h in agent.heads].index("move")  # score the move head one step ahead
+
+    @jax.jit
+    def move_q(deter, stoch, action, k):
+        """[N, 9]: the model's one-step value (reward + γ·cont·value) of each move, the rest of the joint action
+        (teammates' included) as the agent's carry holds it: what `agent.actor.lookahead` trains on."""
+        return agent.lookahead_q(nets, {"deter": deter, "stoch": stoch}, action, k)
 
     def policy(obs, is_first):
         state = driver.env.state  # before this round's actions
@@ -124,8 +135,21 @@ def trained_team(logdir: Path, mode: str, episodes: int, seed: int, samples: int
         # After an agent's cut advanced the bomb in its room, which stays active: does it walk on (as the scouts do
         # once their colour is spent) or stay and cut?
         mine = (bomb_room[:, None, :] == rooms[:, :, None]) & active[:, None, :]  # [W, A, B]
-        spent = live[:, None] & (np.asarray(state.last_result) == core.R_CUT_ADVANCE) & mine.any(-1)
+        result = np.asarray(state.last_result)
+        if prev_spent[0] is not None and prev_spent[0].shape == result.shape:  # its next cut advanced it again?
+            again.extend(np.isin(result[prev_spent[0]], (core.R_CUT_ADVANCE, core.R_CUT_DEFUSED)).tolist())
+        spent = live[:, None] & (result == core.R_CUT_ADVANCE) & mine.any(-1)
+        prev_spent[0] = spent & (move >= CUT)
         after_advance.extend(np.where(move[spent] >= CUT, "cut", np.where(move[spent] == 0, "inspect", "move")))
+        rows = np.flatnonzero(spent.reshape(-1))
+        if rows.size:  # does the model's one-step value favour walking on over the cut the agent takes?
+            key[0], sub = jax.random.split(key[0])
+            q = np.asarray(move_q(carry["state"]["deter"][rows], carry["state"]["stoch"][rows],
+                                  carry["action"][rows], sub))
+            legal = np.asarray(obs["action_mask"]).reshape(w_n * a_n, -1)[rows, : core.NUM_ACTIONS].astype(bool)
+            took = move.reshape(-1)[rows]
+            walk = np.where(legal[:, 1:CUT], q[:, 1:CUT], -np.inf).max(1)
+            walk_gain.extend((walk - q[np.arange(rows.size), took]).tolist())
         action_in = np.asarray(carry["action"]).reshape(w_n, a_n, -1)
         # the teammate-action head's draws (what imagination sees) against the moves (not in the oracle)
         for j in range(agent.mates if mates == "head" else 0):
@@ -173,7 +197,12 @@ def trained_team(logdir: Path, mode: str, episodes: int, seed: int, samples: int
            # what agents do the round after their own cut advanced a bomb that is still active, in %
            "after_advance_rounds": len(after_advance),
            "after_advance": {k: round(100 * v / max(1, len(after_advance)), 1)
-                             for k, v in collections.Counter(after_advance).items()}}
+                             for k, v in collections.Counter(after_advance).items()},
+           # there, the model's one-step value of the best legal move minus that of the action taken
+           "walk_on_gain_mean": float(np.mean(walk_gain)) if walk_gain else float("nan"),
+           "walk_on_better_pct": float(100 * np.mean(np.array(walk_gain) > 0)) if walk_gain else float("nan"),
+           # and when it cut there, how often that cut (its other colour) advanced the bomb again
+           "cut_again_advanced_pct": float(100 * np.mean(again)) if again else float("nan")}
     # Where the agent's two colours differ in what they add to its teammates' cuts this round: does the model
     # predict more reward for the one that covers more, and which one did the agent take?
     differ = [t for t in tests if t[1][0] != t[1][1]]
@@ -238,7 +267,10 @@ def main(argv: list[str] | None = None) -> dict:
         print("commonest cuts (alpha, bravo, charlie) in those rounds: "
               + ", ".join(f"{k} {v:.0f}%" for k, v in t["cut_triples"].items()))
         print(f"the round after an agent's own cut advanced a bomb still active ({t['after_advance_rounds']} "
-              "agent-rounds): " + ", ".join(f"{k} {v:.0f}%" for k, v in sorted(t["after_advance"].items())))
+              "agent-rounds): " + ", ".join(f"{k} {v:.0f}%" for k, v in sorted(t["after_advance"].items()))
+              + f"; the model's one-step value (reward + γ·cont·value) rates the best move above the action taken in "
+              f"{t['walk_on_better_pct']:.0f}% (by {t['walk_on_gain_mean']:+.3f} on average); when it cut, the cut "
+              f"advanced the bomb again in {t['cut_again_advanced_pct']:.0f}%")
         if t["colour_tests_that_matter"]:
             print(f"colour test: {t['colour_tests_that_matter']} of {t['colour_tests']} agent-rounds where the "
                   f"agent's two colours differ in what they add to its teammates' cuts; the world model predicts "
