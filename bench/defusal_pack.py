@@ -165,6 +165,8 @@ def trained_team(logdir: Path, mode: str, episodes: int, seed: int, samples: int
                 continue
             for a in range(a_n):
                 own = np.flatnonzero(tools[a])
+                if len(own) < 2:  # one tool (tools_per_agent 1): no colour to choose
+                    continue
                 i = w * a_n + a
                 onehots = np.repeat(np.asarray(carry["action"][i : i + 1]), len(own), 0)
                 onehots[:, move_at: move_at + core.NUM_ACTIONS] = 0
