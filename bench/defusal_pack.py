@@ -104,13 +104,17 @@ def trained_team(logdir: Path, mode: str, episodes: int, seed: int, samples: int
             return nets.wm.reward_mean(nets.wm.rssm.feat(nxt))
         return jax.vmap(one)(jax.random.split(k, samples)).mean(0)
 
-    agent.look_head = [h.name for h in agent.heads].index("move")  # score the move head one step ahead
-
     @jax.jit
-    def move_q(deter, stoch, action, k):
-        """[N, 9]: the model's one-step value (reward + γ·cont·value) of each move, the rest of the joint action
-        (teammates' included) as the agent's carry holds it: what `agent.actor.lookahead` trains on."""
-        return agent.lookahead_q(nets, {"deter": deter, "stoch": stoch}, action, k)
+    def move_parts(deter, stoch, action, k):
+        """([N, 9] reward, cont, value): the model one step after each move, the rest of the joint action
+        (teammates' included) as the agent's carry holds it (the same prior noise for every move); reward +
+        γ·cont·value is what `agent.actor.lookahead` trains on."""
+        n = core.NUM_ACTIONS
+        acts = jnp.broadcast_to(action[None], (n,) + action.shape)
+        acts = acts.at[:, :, move_at: move_at + n].set(jnp.eye(n, dtype=action.dtype)[:, None, :])
+        nxt = jax.vmap(lambda a: nets.wm.rssm.img_step({"deter": deter, "stoch": stoch}, a, k))(acts)
+        f = nets.wm.rssm.feat(nxt)
+        return nets.wm.reward_mean(f).T, nets.wm.cont_prob(f).T, nets.critic.mean(f).T
 
     def policy(obs, is_first):
         state = driver.env.state  # before this round's actions
@@ -144,12 +148,15 @@ def trained_team(logdir: Path, mode: str, episodes: int, seed: int, samples: int
         rows = np.flatnonzero(spent.reshape(-1))
         if rows.size:  # does the model's one-step value favour walking on over the cut the agent takes?
             key[0], sub = jax.random.split(key[0])
-            q = np.asarray(move_q(carry["state"]["deter"][rows], carry["state"]["stoch"][rows],
-                                  carry["action"][rows], sub))
+            r, c, v = (np.asarray(x) for x in move_parts(carry["state"]["deter"][rows],
+                                                          carry["state"]["stoch"][rows], carry["action"][rows], sub))
+            q = r + agent.gamma * c * v
             legal = np.asarray(obs["action_mask"]).reshape(w_n * a_n, -1)[rows, : core.NUM_ACTIONS].astype(bool)
             took = move.reshape(-1)[rows]
-            walk = np.where(legal[:, 1:CUT], q[:, 1:CUT], -np.inf).max(1)
-            walk_gain.extend((walk - q[np.arange(rows.size), took]).tolist())
+            best = 1 + np.argmax(np.where(legal[:, 1:CUT], q[:, 1:CUT], -np.inf), 1)  # the best legal move
+            i = np.arange(rows.size)
+            walk_gain.extend(np.stack([q[i, best] - q[i, took], r[i, best] - r[i, took], v[i, best] - v[i, took]],
+                                      1).tolist())
         action_in = np.asarray(carry["action"]).reshape(w_n, a_n, -1)
         # the teammate-action head's draws (what imagination sees) against the moves (not in the oracle)
         for j in range(agent.mates if mates == "head" else 0):
@@ -201,8 +208,10 @@ def trained_team(logdir: Path, mode: str, episodes: int, seed: int, samples: int
            "after_advance": {k: round(100 * v / max(1, len(after_advance)), 1)
                              for k, v in collections.Counter(after_advance).items()},
            # there, the model's one-step value of the best legal move minus that of the action taken
-           "walk_on_gain_mean": float(np.mean(walk_gain)) if walk_gain else float("nan"),
-           "walk_on_better_pct": float(100 * np.mean(np.array(walk_gain) > 0)) if walk_gain else float("nan"),
+           # (and its two parts: the predicted reward of this round, and the critic's value of the next state)
+           **{f"walk_on_{name}": (float(np.mean(np.array(walk_gain)[:, j])) if walk_gain else float("nan"))
+              for j, name in enumerate(("gain_mean", "reward_gain_mean", "value_gain_mean"))},
+           "walk_on_better_pct": float(100 * np.mean(np.array(walk_gain)[:, 0] > 0)) if walk_gain else float("nan"),
            # and when it cut there, how often that cut (its other colour) advanced the bomb again
            "cut_again_advanced_pct": float(100 * np.mean(again)) if again else float("nan")}
     # Where the agent's two colours differ in what they add to its teammates' cuts this round: does the model
@@ -271,7 +280,8 @@ def main(argv: list[str] | None = None) -> dict:
         print(f"the round after an agent's own cut advanced a bomb still active ({t['after_advance_rounds']} "
               "agent-rounds): " + ", ".join(f"{k} {v:.0f}%" for k, v in sorted(t["after_advance"].items()))
               + f"; the model's one-step value (reward + γ·cont·value) rates the best move above the action taken in "
-              f"{t['walk_on_better_pct']:.0f}% (by {t['walk_on_gain_mean']:+.3f} on average); when it cut, the cut "
+              f"{t['walk_on_better_pct']:.0f}% (by {t['walk_on_gain_mean']:+.3f} on average: predicted reward "
+              f"{t['walk_on_reward_gain_mean']:+.3f}, value {t['walk_on_value_gain_mean']:+.3f}); when it cut, the cut "
               f"advanced the bomb again in {t['cut_again_advanced_pct']:.0f}%")
         if t["colour_tests_that_matter"]:
             print(f"colour test: {t['colour_tests_that_matter']} of {t['colour_tests']} agent-rounds where the "
