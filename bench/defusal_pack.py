@@ -93,7 +93,7 @@ def trained_team(logdir: Path, mode: str, episodes: int, seed: int, samples: int
     width = sum(h.num for h in agent.heads)
     move_at = sum(h.num for h in agent.heads[: [h.name for h in agent.heads].index("move")])
     together, colours, tests, mates_hits, mates_cut_hits, triples = [], [], [], [], [], []
-    after_advance, walk_gain, again, prev_spent = [], [], [], [None]
+    after_advance, walk_gain, again, prev_spent = [], [], [], [None, None]
     key = [jax.random.key(seed + 1)]
 
     @jax.jit
@@ -104,17 +104,13 @@ def trained_team(logdir: Path, mode: str, episodes: int, seed: int, samples: int
             return nets.wm.reward_mean(nets.wm.rssm.feat(nxt))
         return jax.vmap(one)(jax.random.split(k, samples)).mean(0)
 
+    move_head = [h.name for h in agent.heads].index("move")
+
     @jax.jit
     def move_parts(deter, stoch, action, k):
-        """([N, 9] reward, cont, value): the model one step after each move, the rest of the joint action
-        (teammates' included) as the agent's carry holds it (the same prior noise for every move); reward +
-        γ·cont·value is what `agent.actor.lookahead` trains on."""
-        n = core.NUM_ACTIONS
-        acts = jnp.broadcast_to(action[None], (n,) + action.shape)
-        acts = acts.at[:, :, move_at: move_at + n].set(jnp.eye(n, dtype=action.dtype)[:, None, :])
-        nxt = jax.vmap(lambda a: nets.wm.rssm.img_step({"deter": deter, "stoch": stoch}, a, k))(acts)
-        f = nets.wm.rssm.feat(nxt)
-        return nets.wm.reward_mean(f).T, nets.wm.cont_prob(f).T, nets.critic.mean(f).T
+        """([N, 9] reward, cont, value) one step after each move, the rest of the joint action as the agent's carry
+        holds it; reward + γ·cont·value is what `agent.actor.lookahead` trains on."""
+        return agent.one_step(nets, {"deter": deter, "stoch": stoch}, action, k, move_head)
 
     def policy(obs, is_first):
         state = driver.env.state  # before this round's actions
@@ -140,10 +136,12 @@ def trained_team(logdir: Path, mode: str, episodes: int, seed: int, samples: int
         # once their colour is spent) or stay and cut?
         mine = (bomb_room[:, None, :] == rooms[:, :, None]) & active[:, None, :]  # [W, A, B]
         result = np.asarray(state.last_result)
-        if prev_spent[0] is not None and prev_spent[0].shape == result.shape:  # its next cut advanced it again?
-            again.extend(np.isin(result[prev_spent[0]], (core.R_CUT_ADVANCE, core.R_CUT_DEFUSED)).tolist())
+        round_now = np.asarray(state.round)
+        if prev_spent[0] is not None:  # its next cut advanced it again? (not across a reset: that shows R_START)
+            went_on = (round_now == prev_spent[1] + 1)[:, None] & prev_spent[0]
+            again.extend(np.isin(result[went_on], (core.R_CUT_ADVANCE, core.R_CUT_DEFUSED)).tolist())
         spent = live[:, None] & (result == core.R_CUT_ADVANCE) & mine.any(-1)
-        prev_spent[0] = spent & (move >= CUT)
+        prev_spent[:] = [spent & (move >= CUT), round_now]
         after_advance.extend(np.where(move[spent] >= CUT, "cut", np.where(move[spent] == 0, "inspect", "move")))
         rows = np.flatnonzero(spent.reshape(-1))
         if rows.size:  # does the model's one-step value favour walking on over the cut the agent takes?

@@ -365,18 +365,25 @@ class Agent:
         prio = wm_losses["reward"] + wm_losses["cont"] if signal == "heads" else wm_total
         return total, (metrics, new_retnorm, {**post, "loss": sg(prio)})
 
-    def lookahead_q(self, frozen, start, action0: jax.Array, key: jax.Array) -> jax.Array:
-        """[N, n]: the model's one-step value of each of the n actions of `agent.actor.lookahead_head` from the
-        states `start` [N, ...], the rest of the joint action as in `action0` [N, D]: reward + γ·cont·value."""
-        i = self.look_head
+    def one_step(self, frozen, start, action0: jax.Array, key: jax.Array, head: int | None = None
+                 ) -> tuple[jax.Array, jax.Array, jax.Array]:
+        """([N, n] reward, cont, value): the model one step after each of the n actions of action head `head`
+        (default `agent.actor.lookahead_head`) from the states `start` [N, ...], the rest of the joint action
+        (teammates' included) as in `action0` [N, D], with the same prior noise for every action."""
+        i = self.look_head if head is None else head
         off, n = sum(h.num for h in self.heads[:i]), self.heads[i].num
         start, action0 = sg(start), sg(action0)
         acts = jnp.broadcast_to(action0[None], (n,) + action0.shape)
         acts = acts.at[:, :, off: off + n].set(jnp.eye(n, dtype=action0.dtype)[:, None, :])  # [n, N, D]
         nxt = jax.vmap(lambda a: frozen.wm.rssm.img_step(start, a, key))(acts)  # common noise over k
         f = sg(frozen.wm.rssm.feat(nxt))
-        q = frozen.wm.reward_mean(f) + self.gamma * frozen.wm.cont_prob(f) * frozen.critic.mean(f)  # [n, N]
-        return sg(q.T)
+        return tuple(sg(x.T) for x in (frozen.wm.reward_mean(f), frozen.wm.cont_prob(f), frozen.critic.mean(f)))
+
+    def lookahead_q(self, frozen, start, action0: jax.Array, key: jax.Array) -> jax.Array:
+        """[N, n]: the model's one-step value of each of the n actions of `agent.actor.lookahead_head` from the
+        states `start` [N, ...], the rest of the joint action as in `action0` [N, D]: reward + γ·cont·value."""
+        reward, cont, value = self.one_step(frozen, start, action0, key)
+        return reward + self.gamma * cont * value
 
     def lookahead_loss(self, nets, frozen, start, feat0: jax.Array, action0: jax.Array, norm: jax.Array,
                        key: jax.Array) -> tuple[jax.Array, jax.Array]:
