@@ -65,9 +65,9 @@ PUBLISHED_TABLE2: tuple[tuple[str, dict[str, float]], ...] = (
     ("GPT-4", {"introspection": 0.800, "first_order": 0.600, "second_order": 0.643}),
     ("GPT-4 + belief", {"introspection": 0.972, "first_order": 0.801, "second_order": 0.694}),
 )
-TEAM_METRICS = ("score", "rounds", "valid_pct", "explosions", "messages_sent")
+TEAM_METRICS = ("score", "rounds", "valid_pct", "explosions", "messages_sent", "together_pct")
 TEAM_LABELS = {"score": "score", "rounds": "rounds to completion", "valid_pct": "valid %", "explosions": "explosions",
-               "messages_sent": "messages / episode"}
+               "messages_sent": "messages / episode", "together_pct": "together %"}
 ORDERS = ("introspection", "first_order", "second_order")
 ORDER_LABELS = {"introspection": "introspection", "first_order": "1st order", "second_order": "2nd order"}
 

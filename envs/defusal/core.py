@@ -153,6 +153,7 @@ class State(NamedTuple):
     score: jax.Array  # int32 [] defusal points
     explosions: jax.Array  # int32 []
     messages_sent: jax.Array  # int32 []
+    together_rounds: jax.Array  # int32 [] rounds after which the whole team stood in one room
     completed_round: jax.Array  # int32 [] round at which no bomb was left active (max_rounds if never)
     terminated: jax.Array  # bool []
     done: jax.Array  # bool []
@@ -427,6 +428,7 @@ def reset(key: jax.Array, params: Params) -> tuple[dict[str, jax.Array], State]:
         score=zero,
         explosions=zero,
         messages_sent=zero,
+        together_rounds=zero,
         completed_round=jnp.asarray(params.max_rounds, jnp.int32),
         terminated=jnp.zeros((), bool),
         done=jnp.zeros((), bool),
@@ -732,6 +734,7 @@ def step_state(
         score=score,
         explosions=explosions,
         messages_sent=state.messages_sent + sent,
+        together_rounds=state.together_rounds + jnp.all(room == room[0]).astype(jnp.int32),
         completed_round=jnp.where(no_active, rnd, state.completed_round),
         terminated=no_active,
         done=no_active | (rnd >= params.max_rounds),
@@ -753,6 +756,24 @@ def step_state(
         **theory_of_mind(new),
     }
     return new, reward, info
+
+
+METRICS = ("score", "rounds", "valid_pct", "explosions", "messages_sent", "together_pct")
+
+
+def episode_metrics(state: State) -> dict[str, jax.Array]:
+    """The team's episode metrics so far (final once ``done``), float32 scalars named as :data:`METRICS`: defusal
+    points, rounds to completion (``max_rounds`` if never), valid-action %, explosions, messages sent and the % of
+    rounds after which all agents stood in one room (100 for a pack; scouts split up)."""
+    played = jnp.maximum(state.round, 1)
+    return {
+        "score": state.score.astype(jnp.float32),
+        "rounds": state.completed_round.astype(jnp.float32),
+        "valid_pct": 100.0 * state.valid_count.sum() / jnp.maximum(state.action_count.sum(), 1),
+        "explosions": state.explosions.astype(jnp.float32),
+        "messages_sent": state.messages_sent.astype(jnp.float32),
+        "together_pct": 100.0 * state.together_rounds / played,
+    }
 
 
 def theory_of_mind(state: State) -> dict[str, jax.Array]:

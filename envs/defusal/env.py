@@ -163,15 +163,9 @@ class DefusalEnv(dm_env.Environment):
         return [self.vocab.decode(row) for row in self._obs["tokens"]]
 
     def metrics(self) -> dict[str, float]:
-        """Team score, rounds to completion, valid-action %, explosions, messages sent (so far)."""
-        s = self.state
-        return {
-            "score": float(s.score),
-            "rounds": float(s.completed_round),
-            "valid_pct": float(100.0 * s.valid_count.sum() / max(int(s.action_count.sum()), 1)),
-            "explosions": float(s.explosions),
-            "messages_sent": float(s.messages_sent),
-        }
+        """The team's episode metrics so far (:func:`core.episode_metrics`: score, rounds to completion,
+        valid-action %, explosions, messages sent, % of rounds together)."""
+        return {k: float(v) for k, v in core.episode_metrics(self.state).items()}
 
     def __repr__(self) -> str:
         return f"DefusalEnv({self.params})"
@@ -202,7 +196,7 @@ def _batched_step(
         "is_first": first,
         "is_last": ~first & new.done,
         "is_terminal": ~first & new.terminated,
-        **jax.vmap(_world_metrics)(new),
+        **jax.vmap(core.episode_metrics)(new),
     }
     return jax.vmap(lambda s: core.observe(s, params))(new), new, out
 
@@ -211,24 +205,13 @@ def _batched_reset(key: jax.Array, num_worlds: int, params: core.Params) -> tupl
     obs, state = jax.vmap(lambda k: core.reset(k, params))(jax.random.split(key, num_worlds))
     false = jnp.zeros((num_worlds,), bool)
     out = {"reward": jnp.zeros((num_worlds,), jnp.float32), "is_first": ~false, "is_last": false,
-           "is_terminal": false, **jax.vmap(_world_metrics)(state)}
+           "is_terminal": false, **jax.vmap(core.episode_metrics)(state)}
     return obs, state, out
-
-
-def _world_metrics(s: core.State) -> dict[str, jax.Array]:
-    """Episode metrics of one world so far (final once ``is_last``)."""
-    return {
-        "score": s.score.astype(jnp.float32),
-        "rounds": s.completed_round.astype(jnp.float32),
-        "valid_pct": 100.0 * s.valid_count.sum() / jnp.maximum(s.action_count.sum(), 1),
-        "explosions": s.explosions.astype(jnp.float32),
-        "messages_sent": s.messages_sent.astype(jnp.float32),
-    }
 
 
 _batched_step_jit = jax.jit(_batched_step, static_argnames="params")
 _batched_reset_jit = jax.jit(_batched_reset, static_argnames=("num_worlds", "params"))
-METRICS = ("score", "rounds", "valid_pct", "explosions", "messages_sent")
+METRICS = core.METRICS
 
 
 class BatchedDefusal:

@@ -269,7 +269,7 @@ def pack_two_colours(key: jax.Array, state: core.State, params: core.Params) -> 
 
 
 def evaluate(policy: Policy, params: core.Params, key: jax.Array, num_episodes: int) -> dict[str, np.ndarray]:
-    """Runs ``num_episodes`` episodes in parallel; returns per-episode score, rounds, valid_pct, explosions."""
+    """Runs ``num_episodes`` episodes in parallel; returns each episode's :func:`core.episode_metrics`."""
     run = _runner(policy, params, num_episodes)
     out = run(key)
     return {k: np.asarray(v) for k, v in out.items()}
@@ -289,12 +289,6 @@ def _runner(policy: Policy, params: core.Params, num_episodes: int) -> Callable[
             return s, None
 
         state, _ = jax.lax.scan(body, state, jax.random.split(k_run, params.max_rounds))
-        return {
-            "score": state.score,
-            "rounds": state.completed_round,
-            "valid_pct": 100.0 * state.valid_count.sum() / jnp.maximum(state.action_count.sum(), 1),
-            "explosions": state.explosions,
-            "messages_sent": state.messages_sent,
-        }
+        return core.episode_metrics(state)
 
     return jax.jit(lambda key: jax.vmap(episode)(jax.random.split(key, num_episodes)))
