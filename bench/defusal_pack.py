@@ -20,7 +20,8 @@ it is defused. Wrong cuts are refused (``wrong_cut: noop``), so trying colours r
 With ``--logdir`` the script also plays a training run's latest checkpoint (the launcher's world and model) and
 measures how much of a pack it is (the scripted rows then play the run's own world): the share of rounds its three
 agents spend in one room, in rounds where they cut an active bomb together, how many distinct colours they
-apply, and what an agent does the round after its own cut advanced a bomb that stays active (scouts walk on), with
+apply, the rounds of an episode in which all agents walk, none does and some do (a split), and what an agent does
+the round after its own cut advanced a bomb that stays active (scouts walk on), with
 how its model's one-step value (what ``agent.actor.lookahead`` trains on) rates walking on against what it does.
 Then the colour test: in each first cut round at a one-phase bomb, for each agent whose two colours differ in
 what they add to its teammates' cuts that round, does its world model predict more reward (the mean over 32 prior
@@ -94,6 +95,8 @@ def trained_team(logdir: Path, mode: str, episodes: int, seed: int, samples: int
     move_at = sum(h.num for h in agent.heads[: [h.name for h in agent.heads].index("move")])
     together, colours, tests, mates_hits, mates_cut_hits, triples = [], [], [], [], [], []
     after_advance, walk_gain, again, prev_spent = [], [], [], [None, None]
+    # Each world's rounds so far, by what the team did: all walked, nobody walked, some walked (a split).
+    kinds, per_episode = np.zeros((w_n, 3), np.int64), []
     key = [jax.random.key(seed + 1)]
 
     @jax.jit
@@ -129,6 +132,12 @@ def trained_team(logdir: Path, mode: str, episodes: int, seed: int, samples: int
         same = np.all(rooms == rooms[:, :1], axis=1)
         here = (bomb_room == rooms[:, :1]) & active  # [W, B]
         together.append(same[live])
+        walking = (move >= 1) & (move < CUT)  # [W, A]: a walk to another room
+        kind = np.where(walking.all(1), 0, np.where(~walking.any(1), 1, 2))
+        ended = ~live & (kinds.sum(1) > 0)  # a finished world (its episode's rounds are all counted)
+        per_episode.extend(kinds[ended].tolist())
+        kinds[ended] = 0
+        np.add.at(kinds, (np.flatnonzero(live), kind[live]), 1)
         cutting = live & same & here.any(1) & np.all(move >= CUT, axis=1)
         colours.extend(len(set(row)) for row in move[cutting].tolist())
         triples.extend(tuple(row) for row in (move[cutting] - CUT).tolist())
@@ -198,6 +207,10 @@ def trained_team(logdir: Path, mode: str, episodes: int, seed: int, samples: int
            "rounds_std": float(rounds.std()), "together_pct": float(100 * np.concatenate(together).mean()),
            "colours_per_cut_round": float(np.mean(colours)) if colours else float("nan"),
            "cut_rounds": len(colours),
+           # rounds per episode in which every agent walked, none did, some did (episodes run to the end)
+           **{f"{name}_rounds_per_episode": (float(np.mean(np.array(per_episode)[:, j])) if per_episode
+                                             else float("nan"))
+              for j, name in enumerate(("walk", "stay", "split"))},
            # the commonest (alpha, bravo, charlie) cuts in those rounds, colours as r/g/b, with their share in %
            "cut_triples": {"".join("rgb"[c] for c in t): round(100 * n / max(1, len(triples)), 1)
                            for t, n in collections.Counter(triples).most_common(6)},
@@ -273,6 +286,8 @@ def main(argv: list[str] | None = None) -> dict:
         print(f"{name:<24}{t['score_mean']:>9.2f}{'':7}{t['rounds_mean']:>9.2f} ± "
               f"{t['rounds_std']:<4.2f}  together {t['together_pct']:.1f}% of rounds; "
               f"{t['colours_per_cut_round']:.2f} distinct colours per round cut together ({t['cut_rounds']} rounds)")
+        print(f"rounds per episode: {t['walk_rounds_per_episode']:.2f} all walk, {t['stay_rounds_per_episode']:.2f} "
+              f"nobody walks, {t['split_rounds_per_episode']:.2f} some walk (a pack on a shortest tour: 4 + 7.08 + 0)")
         print("commonest cuts (alpha, bravo, charlie) in those rounds: "
               + ", ".join(f"{k} {v:.0f}%" for k, v in t["cut_triples"].items()))
         print(f"the round after an agent's own cut advanced a bomb still active ({t['after_advance_rounds']} "
