@@ -80,6 +80,20 @@ def parse(argv: Sequence[str]) -> dict[str, Any]:
     return parse_flags(argv, FLAGS, multi=("seeds",))
 
 
+# The switches that change the game the published teams played (a different map, team, tool set or rule):
+# `teammates` is left out (MAPPO saw its teammates), and so are reward shaping, silence and the message sizes.
+RELEASED_RULES = ("num_agents", "num_rooms", "num_bombs", "random_graph", "start", "tools_per_agent", "wrong_cut",
+                  "max_rounds")
+
+
+def released_rules_changed(params: Any) -> list[str]:
+    """`switch=value` for each rule of `params` that differs from the released world's (empty: comparable)."""
+    from envs.defusal import core
+
+    default = core.Params()
+    return [f"{f}={getattr(params, f)!r}" for f in RELEASED_RULES if getattr(params, f) != getattr(default, f)]
+
+
 def agent_rows(mode: str, ours: list, ablated: list, ablation: str, metrics: Sequence[str], seed: int) -> list[dict]:
     """The two rows every suite starts with: the agent and the same checkpoint under its ablation."""
     from lwm.evaluate import summarize_episodes
@@ -289,11 +303,12 @@ def defusal_suite(agent, params, config, opts: dict, random_params) -> dict:
         rows.append({"name": name.replace("_", " "), "source": "scripted", "episodes": len(eps),
                      "metrics": summarize_episodes(eps, TEAM_METRICS, seed=seeds[0] + 2 + i)})
     print(f"lwm: scripted teams in {time.time() - t0:.1f} s", flush=True)
-    full = world == "defusal" and base_params.max_rounds == 30 and base_params.num_bombs == 5
-    source = "published" if full else "published (full world; not comparable)"
+    changed = released_rules_changed(base_params)
+    full = world == "defusal" and not changed
+    why = f"full world; not comparable: {', '.join(changed)}" if changed else "full world; not comparable"
+    source = "published" if full else f"published ({why})"
     rows += [published_row(name, values, source, 3) for name, values in PUBLISHED_TABLE1]
-    rows.append(published_row(*RELEASED_RANDOM, "reference (released env)" if full
-                              else "reference (full world; not comparable)", 300))
+    rows.append(published_row(*RELEASED_RANDOM, "reference (released env)" if full else f"reference ({why})", 300))
     p = base_params
     notes = [f"World {world}: {p.num_rooms} rooms, {p.num_bombs} bomb(s), at most {p.max_rounds} rounds, team score "
              f"0..{core.max_score(p)}; rounds to completion = {p.max_rounds} when not completed.",

@@ -200,3 +200,13 @@ def test_probe_finds_a_linear_signal_and_not_noise():
     assert const["accuracy"] == const["base_rate"] == 1.0
     train_ids, test_ids = evaluate.split_episodes([(0, u) for u in range(8)], 0.25, seed=1)
     assert len(test_ids) == 2 and not train_ids & test_ids
+
+
+def test_published_rows_need_the_released_rules():
+    """Table 1 is comparable only on the released rules: a switch that changes the game (one tool each, a random
+    map) is named in the published rows' source; shaping, silence and `teammates` (MAPPO saw its teammates) are not."""
+    from envs.defusal import core
+
+    assert lwm_eval.released_rules_changed(core.Params(shaping=True, silence=True, teammates="visible")) == []
+    assert lwm_eval.released_rules_changed(core.Params(tools_per_agent=1, random_graph=True)) == [
+        "random_graph=True", "tools_per_agent=1"]
