@@ -1,7 +1,7 @@
 """Pack strategies of the defusal world, and how close a trained team plays to them.
 
 Usage: ``python bench/defusal_pack.py [--seeds 300] [--logdir RUN [--mode greedy|sample] [--episodes 100]
-[--mates head|real]]``.
+[--mates head|real] [--world KEY=VALUE ...]]``.
 
 A *pack* team (``envs.defusal.scripted.pack``) never inspects and never talks: the three agents stay in one room,
 walk (shortest path, lowest room index on ties) to the nearest room whose bomb is still active, and there cut until
@@ -48,6 +48,7 @@ import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
 
 from envs.defusal import core, scripted  # noqa: E402
+from launch.cli import world_changes  # noqa: E402
 
 CUT = scripted.CUT  # action id of the red cutter; green and blue follow
 
@@ -59,8 +60,12 @@ def check_world(params: core.Params) -> None:
         raise SystemExit(f"defusal_pack: {e}") from None
 
 
-def trained_team(logdir: Path, mode: str, episodes: int, seed: int, samples: int = 32, mates: str = "head") -> dict:
+def trained_team(logdir: Path, mode: str, episodes: int, seed: int, samples: int = 32, mates: str = "head",
+                 world: dict | None = None) -> dict:
     """Plays the run's latest checkpoint; returns its score, rounds, pack measures and the model's colour test.
+
+    `world` changes switches of the checkpoint's world (``launch.cli.world_changes``), e.g.
+    ``{"env.options.tools_per_agent": 2}`` plays a team trained with one tool each in the default world.
 
     `mates` (team-model runs): what each agent's RSSM takes as its teammates' last actions when acting: the
     teammate-action head's draws (`head`, decentralised, as trained agents act) or the actions they really took
@@ -77,6 +82,8 @@ def trained_team(logdir: Path, mode: str, episodes: int, seed: int, samples: int
 
     run_config = lwm_config.load([str(logdir / "config.yaml")])
     config, directory, step = checkpoint_config(logdir, run_config)
+    if world:
+        config = config.update(world, where="--world")
     setup_jax("cpu", default_cache_dir(str(logdir)))
     env = make_worlds(config, min(episodes, 64), seed)[0]
     check_world(env.params)
@@ -89,7 +96,6 @@ def trained_team(logdir: Path, mode: str, episodes: int, seed: int, samples: int
     if mates == "real" and not agent.mates:
         raise SystemExit(f"defusal_pack: --mates real needs a run trained with agent.team_model (not {logdir}).")
     w_n, a_n = driver.W, driver.A
-    tools = core.tools(env.params)
     # With agent.team_model the RSSM's action input is [own | teammate a+1 | teammate a+2], each block `width` wide.
     width = sum(h.num for h in agent.heads)
     move_at = sum(h.num for h in agent.heads[: [h.name for h in agent.heads].index("move")])
@@ -178,7 +184,7 @@ def trained_team(logdir: Path, mode: str, episodes: int, seed: int, samples: int
             if left[w][here[w]].tolist() != [1]:
                 continue
             for a in range(a_n):
-                own = np.flatnonzero(tools[a])
+                own = np.flatnonzero(np.asarray(state.tools)[w, a])
                 if len(own) < 2:  # one tool (tools_per_agent 1): no colour to choose
                     continue
                 i = w * a_n + a
@@ -256,14 +262,20 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--mates", choices=("head", "real"), default="head",
                         help="team-model runs: teammates' last actions from the teammate-action head (as trained "
                              "agents act) or the real ones (an oracle)")
+    parser.add_argument("--world", nargs="+", default=[], metavar="KEY=VALUE",
+                        help="with --logdir: play the trained team in its world with these switches changed "
+                             "(YAML values), e.g. --world tools_per_agent=2")
     args = parser.parse_args(argv)
+    world = world_changes(args.world)
+    if world and args.logdir is None:
+        raise SystemExit("defusal_pack: --world changes the trained team's world; it needs --logdir.")
     if args.seeds < 1 or args.episodes < 1:
         raise SystemExit(f"defusal_pack: --seeds {args.seeds} and --episodes {args.episodes} must be >= 1.")
     trained = None
     if args.logdir is not None:
         if not (args.logdir / "config.yaml").exists():
             raise SystemExit(f"defusal_pack: --logdir {args.logdir} holds no config.yaml (not a training run).")
-        trained = trained_team(args.logdir, args.mode, args.episodes, args.seed, mates=args.mates)
+        trained = trained_team(args.logdir, args.mode, args.episodes, args.seed, mates=args.mates, world=world)
     # The run's own world; the heuristic team's template messages need message_len 4 (as in launch.eval).
     params = (core.Params() if trained is None else trained.pop("params"))._replace(message_len=4)
     check_world(params)

@@ -56,3 +56,20 @@ def arguments(argv: Sequence[str] | None, doc: str | None) -> list[str]:
         print(doc)
         raise SystemExit(0)
     return args
+
+
+def world_changes(items: Sequence[str]) -> dict[str, Any]:
+    """`--world KEY=VALUE ...` as {'env.options.KEY': value} (values read as YAML: `2`, `true`, `0.5`), to play a
+    checkpoint in its world with some switches changed; the world itself checks the keys and values."""
+    import yaml
+
+    out: dict[str, Any] = {}
+    for item in items:
+        key, sep, text = item.partition("=")
+        if not sep or not key.strip() or not text.strip():
+            raise fail(f"--world {item!r} is not KEY=VALUE (e.g. --world tools_mix=0).")
+        try:
+            out[f"env.options.{key.strip()}"] = yaml.safe_load(text)
+        except yaml.YAMLError:
+            raise fail(f"--world {item!r}: {text!r} is not a YAML value.") from None
+    return out

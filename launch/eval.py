@@ -9,6 +9,8 @@
   --mode MODE           greedy | sample (default: both for the defusal team, greedy otherwise)
   --probes BOOL         belief probes in the defusal suite (default true)
   --platform P          cpu | gpu | tpu (default: the run's jax.platform)
+  --world K=V [K=V ...] play in the checkpoint's world with these switches changed (env.options, YAML values),
+                        e.g. --world tools_mix=0 for a team trained on a curriculum of tool sets
   --out DIR             where results.json, results.md and the PNG plots go (default DIR/eval)
 
 Suites (each needs a checkpoint of one of its worlds):
@@ -32,11 +34,11 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from launch.cli import arguments, fail, parse_flags, to_int
+from launch.cli import arguments, fail, parse_flags, to_int, world_changes
 from lwm import config as lwm_config
 from lwm.runtime import default_cache_dir, setup_jax
 
-FLAGS = ("logdir", "checkpoint", "suite", "episodes", "seeds", "mode", "probes", "platform", "out")
+FLAGS = ("logdir", "checkpoint", "suite", "episodes", "seeds", "mode", "probes", "platform", "world", "out")
 SUITES = ("defusal", "gridworld", "homegrid", "all")
 SUITE_WORLDS = {
     "defusal": "defusal, defusal_small",
@@ -77,13 +79,13 @@ ORDER_LABELS = {"introspection": "introspection", "first_order": "1st order", "s
 
 def parse(argv: Sequence[str]) -> dict[str, Any]:
     """`--flag value` (`--seeds` takes several values); unknown flags and missing values list the flags."""
-    return parse_flags(argv, FLAGS, multi=("seeds",))
+    return parse_flags(argv, FLAGS, multi=("seeds", "world"))
 
 
 # The switches that change the game the published teams played (a different map, team, tool set or rule):
 # `teammates` is left out (MAPPO saw its teammates), and so are reward shaping, silence and the message sizes.
-RELEASED_RULES = ("num_agents", "num_rooms", "num_bombs", "random_graph", "start", "tools_per_agent", "wrong_cut",
-                  "max_rounds")
+RELEASED_RULES = ("num_agents", "num_rooms", "num_bombs", "random_graph", "start", "tools_per_agent", "tools_mix",
+                  "wrong_cut", "max_rounds")
 
 
 def released_rules_changed(params: Any) -> list[str]:
@@ -128,6 +130,7 @@ def check_args(flags: dict[str, Any]) -> dict[str, Any]:
     return {"logdir": logdir, "checkpoint": flags.get("checkpoint"), "suite": suite, "mode": mode,
             "episodes": to_int(flags.get("episodes", "100"), "episodes", 1), "seeds": seeds,
             "probes": probes in ("true", "1", "yes"), "platform": flags.get("platform"),
+            "world": world_changes(flags.get("world", [])),
             "out": Path(flags.get("out", logdir / "eval")).expanduser()}
 
 
@@ -456,6 +459,11 @@ def main(argv: Sequence[str] | None = None) -> dict:
     logdir = opts["logdir"]
     run_config, source = load_run(logdir, opts["checkpoint"])
     config, directory, step = checkpoint_config(source, run_config)
+    if opts["world"]:
+        try:
+            config = config.update(opts["world"], where="--world")
+        except (ValueError, TypeError, KeyError) as e:
+            raise fail(str(e)) from None
     world = config.env.name
     own = suite_of(world)
     suites = [own] if opts["suite"] == "all" else [opts["suite"]]
@@ -494,6 +502,7 @@ def main(argv: Sequence[str] | None = None) -> dict:
     results: dict[str, Any] = {
         "meta": {"checkpoint": str(used), "step": step, "world": world, "suite": suites[0],
                  "episodes": opts["episodes"], "seeds": opts["seeds"],
+                 "world_changes": {k.removeprefix("env.options."): v for k, v in opts["world"].items()},
                  "mode": opts["mode"] or ("sample, greedy" if team else "greedy"),
                  "command": "python -m launch.eval " + " ".join(shlex.quote(a) for a in argv)},
         "suites": {},

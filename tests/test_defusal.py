@@ -189,6 +189,47 @@ def test_tools_per_agent():
     assert not np.asarray(info["valid"])[0] and int(s.last_result[0]) == core.R_CUT_NO_TOOL
 
 
+def test_tools_mix():
+    """``tools_mix``: that share of fresh worlds gives every agent only its first cutter (the rules, the mask and
+    the observation follow the world's own tool set); every other draw is the one of a world without the mix."""
+    from envs.defusal.render import read_vector
+
+    pm = core.Params(tools_mix=0.25)
+    keys = jax.random.split(jax.random.key(11), 2000)
+    obs, s = jax.vmap(lambda k: core.reset(k, pm))(keys)
+    _, s0 = jax.vmap(lambda k: core.reset(k, P))(keys)
+    held = np.asarray(s.tools)
+    one = np.all(held == np.eye(3, dtype=bool), axis=(1, 2))
+    assert np.all(one | np.all(held == core.tools(P), axis=(1, 2)))
+    assert 0.22 < one.mean() < 0.28, one.mean()
+    for f in s._fields:
+        if f != "tools":
+            np.testing.assert_array_equal(np.asarray(getattr(s, f)), np.asarray(getattr(s0, f)), err_msg=f)
+    w1, w2 = int(np.flatnonzero(one)[0]), int(np.flatnonzero(~one)[0])
+    for w in (w1, w2):
+        for a in range(3):
+            np.testing.assert_array_equal(read_vector(np.asarray(obs["vector"])[w, a], pm)["tools"], held[w, a])
+    # World w1 holds one tool each: alpha's green is refused; in w2 alpha (red, green) cuts green.
+    for w, owned in ((w1, False), (w2, True)):
+        st = jax.tree.map(lambda x, w=w: x[w], s)
+        st = st._replace(agent_room=jnp.zeros(3, jnp.int32), bomb_room=jnp.arange(5, dtype=jnp.int32),
+                         bomb_seq=jnp.asarray(SEQ))
+        mask = np.asarray(core.action_mask(st, pm))
+        np.testing.assert_array_equal(mask[:, 6:], held[w])
+        _, st, *_ = play(st, [GREEN, INSPECT, INSPECT], pm)
+        assert (int(st.last_result[0]) == core.R_CUT_NO_TOOL) != owned
+    # Batched auto-reset draws the same tool sets as resetting every world.
+    done = jnp.asarray(np.arange(64) % 3 == 0)
+    s64 = jax.tree.map(lambda x: x[:64], s0)
+    got = jax.jit(core.reset_where, static_argnames=("params", "chunk"))(keys[:64], s64, done, pm)
+    np.testing.assert_array_equal(np.asarray(got.tools), np.where(np.asarray(done)[:, None, None], held[:64],
+                                                                    np.asarray(s64.tools)))
+    with pytest.raises(ValueError, match="tools_mix=0.5.*tools_per_agent 2"):
+        core.check_params(core.Params(tools_mix=0.5, tools_per_agent=1))
+    with pytest.raises(ValueError, match="tools_mix=1.5"):
+        envs.make("defusal", tools_mix=1.5)
+
+
 def test_teammates_hidden_vs_visible():
     pv = core.Params(teammates="visible")
     vec = {}
@@ -244,7 +285,7 @@ def test_vmap_matches_single_world():
             np.testing.assert_array_equal(np.asarray(x), np.asarray(y)[i])
 
 
-LATER_FIELDS = ("together_rounds",)
+LATER_FIELDS = ("together_rounds", "tools")
 
 
 def _trajectory_digest(params: core.Params, seed: int, worlds: int = 16, rounds: int = 34) -> str:
@@ -483,7 +524,7 @@ def _one_hot_mask(state, params):
     at = state.agent_room[:, None] == jnp.arange(params.num_rooms)[None, :]
     moves = jnp.any(at[:, :, None] & state.adjacency[None, :, :], axis=1)
     moves = jnp.pad(moves, ((0, 0), (0, core.MAX_ROOMS - params.num_rooms)))
-    cuts = jnp.asarray(core.tools(params)) & active_here[:, None]
+    cuts = state.tools & active_here[:, None]
     return jnp.concatenate([active_here[:, None], moves, cuts], axis=1)
 
 

@@ -172,6 +172,22 @@ def test_bad_input(defusal_run, token_run, tmp_path):
     assert "--mode" in fails("--logdir", str(defusal_run), "--mode", "argmax")
     assert "must be >= 1" in fails("--logdir", str(defusal_run), "--episodes", "0")
     assert "unknown argument" in fails("--logdir", str(defusal_run), "--episode", "3")
+    assert "is not KEY=VALUE" in fails("--logdir", str(defusal_run), "--world", "tools_mix")
+    msg = fails("--logdir", str(defusal_run), "--world", "tools_mix=1.5", "--out", str(tmp_path / "o"))
+    assert "tools_mix=1.5" in msg and "[0, 1]" in msg  # the world names the bad value before anything compiles
+
+
+def test_world_changes_play_another_world(defusal_run, tmp_path):
+    """`--world K=V` plays the checkpoint in its world with switches changed: the episodes follow the new rules,
+    the results record the change, and a rule of the released game (here max_rounds) is named where the published
+    rows stop being comparable."""
+    results = lwm_eval.main(["--logdir", str(defusal_run), "--episodes", "6", "--mode", "greedy", "--probes", "false",
+                             "--world", "max_rounds=3", "shaping=true", "--out", str(tmp_path)])
+    assert results["meta"]["world_changes"] == {"max_rounds": 3, "shaping": True}
+    rows = {r["name"]: r for r in results["suites"]["defusal"]["rows"]}
+    assert rows["random legal"]["metrics"]["rounds"]["mean"] <= 3.0
+    assert rows["agent (greedy)"]["metrics"]["rounds"]["mean"] <= 3.0
+    assert "max_rounds=3" in rows["MAPPO (45M env steps, sees teammates)"]["source"]
 
 
 # ------------------------------------------------------------------------------------------- the library
@@ -210,3 +226,4 @@ def test_published_rows_need_the_released_rules():
     assert lwm_eval.released_rules_changed(core.Params(shaping=True, silence=True, teammates="visible")) == []
     assert lwm_eval.released_rules_changed(core.Params(tools_per_agent=1, random_graph=True)) == [
         "random_graph=True", "tools_per_agent=1"]
+    assert lwm_eval.released_rules_changed(core.Params(tools_mix=0.5)) == ["tools_mix=0.5"]

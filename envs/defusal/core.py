@@ -122,6 +122,7 @@ class Params(NamedTuple):
     random_graph: bool = False
     start: str = "same"  # "same" | "separate"
     tools_per_agent: int = 2  # 2 | 1
+    tools_mix: float = 0.0  # share of worlds (drawn at each reset) in which each agent holds only its first tool
     wrong_cut: str = "noop"  # "noop" | "explode"
     teammates: str = "hidden"  # "hidden" | "visible"
     max_rounds: int = 30
@@ -135,6 +136,7 @@ class State(NamedTuple):
     """World state: a pytree of fixed-shape arrays (A agents, B bombs, R rooms, M message length)."""
 
     agent_room: jax.Array  # int32 [A]
+    tools: jax.Array  # bool [A, 3] the cutters each agent holds (``tools(params)``, or one each with ``tools_mix``)
     adjacency: jax.Array  # bool [R, R]
     bomb_room: jax.Array  # int32 [B]
     bomb_seq: jax.Array  # int32 [B, 3] colour ids, -1 beyond the bomb's phases
@@ -186,6 +188,12 @@ def check_params(params: Params) -> Params:
     need("random_graph", isinstance(params.random_graph, bool), "True or False")
     need("start", params.start in ("same", "separate"), "'same' or 'separate'")
     need("tools_per_agent", params.tools_per_agent in (1, 2) and is_int(params.tools_per_agent), "1 or 2")
+    need(
+        "tools_mix",
+        isinstance(params.tools_mix, int | float) and not isinstance(params.tools_mix, bool)
+        and 0.0 <= params.tools_mix <= 1.0 and (params.tools_mix == 0 or params.tools_per_agent == 2),
+        "a number in [0, 1]; above 0 only with tools_per_agent 2 (a curriculum: a share of one-tool worlds)",
+    )
     need("wrong_cut", params.wrong_cut in ("noop", "explode"), "'noop' or 'explode'")
     need("teammates", params.teammates in ("hidden", "visible"), "'hidden' or 'visible'")
     need("max_rounds", is_int(params.max_rounds) and 1 <= params.max_rounds <= 1000, "1..1000")
@@ -377,6 +385,9 @@ def random_adjacency(key: jax.Array, num_rooms: int, extra_prob: float = 0.5) ->
     return _adjacency_from_bits(words, num_rooms, extra_prob)
 
 
+_TOOLS_STREAM = 0x7001  # fold_in tag of the draw of a world's tool set with ``tools_mix``
+
+
 def _reset_words(params: Params) -> tuple[int, int, int, int]:
     """Random words a reset draws for (the graph, the bomb rooms, the colour sequences, the start rooms)."""
     a, b, r = params.num_agents, params.num_bombs, params.num_rooms
@@ -408,8 +419,13 @@ def reset(key: jax.Array, params: Params) -> tuple[dict[str, jax.Array], State]:
     else:
         agent_room = _below(w_start, r)
     zero = jnp.zeros((), jnp.int32)
+    held = jnp.asarray(tools(params))
+    if params.tools_mix > 0:  # its own stream: the other draws stay those of a world without the mix
+        one = jax.random.uniform(jax.random.fold_in(key, _TOOLS_STREAM)) < params.tools_mix
+        held = jnp.where(one, jnp.asarray(tools(params._replace(tools_per_agent=1))), held)
     state = State(
         agent_room=agent_room,
+        tools=held,
         adjacency=adjacency,
         bomb_room=bomb_room,
         bomb_seq=seq,
@@ -465,7 +481,7 @@ def reset_where(keys: jax.Array, states: State, where: jax.Array, params: Params
 
     # Only the drawn fields go through the loop (a loop carries its arrays through copies, and XLA:CPU cannot
     # fuse across it); every other field of a fresh world is the same in all worlds, and is selected outside it.
-    drawn = _DRAWN_FIELDS + (("adjacency",) if params.random_graph else ())
+    drawn = _DRAWN_FIELDS + (("adjacency",) if params.random_graph else ()) + (("tools",) if params.tools_mix else ())
     _, template = reset(jax.random.key(0), params)
 
     def body(carry: tuple[tuple[jax.Array, ...], jax.Array]) -> tuple[tuple[jax.Array, ...], jax.Array]:
@@ -511,8 +527,8 @@ def legal_set(state: State, params: Params) -> jax.Array:
     moves = jnp.zeros_like(state.agent_room)
     for v in range(r):
         moves = jnp.where(state.agent_room == v, row_bits[v], moves)
-    tool_bits = np.sum(tools(params) * (1 << (1 + MAX_ROOMS + np.arange(NUM_COLOURS)))[None, :], axis=1)  # [A]
-    cuts = jnp.where(active_here > 0, jnp.asarray(tool_bits, jnp.int32), 0)
+    tool_bits = jnp.sum(jnp.where(state.tools, jnp.left_shift(1, 1 + MAX_ROOMS + jnp.arange(NUM_COLOURS)), 0), axis=1)
+    cuts = jnp.where(active_here > 0, tool_bits, 0)  # [A]
     return (active_here | moves | cuts).astype(jnp.int32)
 
 
@@ -549,7 +565,7 @@ def _apply_one(
     room, progress, status, result, valid, reward, score, explosions = carry
     seq, bomb_room, adjacency, phases = state.bomb_seq, state.bomb_room, state.adjacency, state.bomb_phases
     r_n = params.num_rooms
-    tool = jnp.asarray(tools(params))
+    tool = state.tools
     action = jnp.sum(jnp.where(is_me, actions, 0))
     my_room = jnp.sum(jnp.where(is_me, room, 0))
     bomb_here = (bomb_room == my_room) & (status == ACTIVE)  # [B] one-hot or empty
@@ -716,6 +732,7 @@ def step_state(
     no_active = jnp.all(status != ACTIVE)
     new = State(
         agent_room=room,
+        tools=state.tools,
         adjacency=state.adjacency,
         bomb_room=state.bomb_room,
         bomb_seq=state.bomb_seq,
@@ -739,7 +756,7 @@ def step_state(
         terminated=no_active,
         done=no_active | (rnd >= params.max_rounds),
     )
-    constant = ("adjacency", "bomb_room", "bomb_seq", "bomb_phases")  # never change within an episode
+    constant = ("tools", "adjacency", "bomb_room", "bomb_seq", "bomb_phases")  # never change within an episode
     new = State(
         **{
             f: nw if f in constant else jnp.where(state.done, old, nw)
@@ -822,7 +839,7 @@ def observe(state: State, params: Params) -> dict[str, jax.Array]:
     agents = jnp.arange(a_n)
     rem = remaining_sequence(state)  # [B, 3]
     mask = action_mask(state, params)
-    tool = jnp.asarray(tools(params))
+    tool = state.tools
     number = lambda n: t.number0 + n  # noqa: E731
     colour_word = lambda c: jnp.where(c >= 0, _lookup(t.colour, jnp.maximum(c, 0)), 0)  # noqa: E731
     room_word = lambda r: _lookup(t.room_label, r)  # noqa: E731

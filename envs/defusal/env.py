@@ -31,6 +31,7 @@ DEFAULTS: dict[str, Any] = {
     "random_graph": False,
     "start": "same",
     "tools_per_agent": 2,
+    "tools_mix": 0.0,
     "wrong_cut": "noop",
     "teammates": "hidden",
     "max_rounds": 30,
