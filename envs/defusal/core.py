@@ -388,6 +388,12 @@ def random_adjacency(key: jax.Array, num_rooms: int, extra_prob: float = 0.5) ->
 _TOOLS_STREAM = 0x7001  # fold_in tag of the draw of a world's tool set with ``tools_mix``
 
 
+def held_tools(state: State, params: Params) -> jax.Array:
+    """bool [A, 3] the cutters each agent holds: ``state.tools``, or without ``tools_mix`` the static
+    ``tools(params)`` (the same values, kept a compile-time constant that XLA folds into the step)."""
+    return state.tools if params.tools_mix else jnp.asarray(tools(params))
+
+
 def _reset_words(params: Params) -> tuple[int, int, int, int]:
     """Random words a reset draws for (the graph, the bomb rooms, the colour sequences, the start rooms)."""
     a, b, r = params.num_agents, params.num_bombs, params.num_rooms
@@ -527,7 +533,8 @@ def legal_set(state: State, params: Params) -> jax.Array:
     moves = jnp.zeros_like(state.agent_room)
     for v in range(r):
         moves = jnp.where(state.agent_room == v, row_bits[v], moves)
-    tool_bits = jnp.sum(jnp.where(state.tools, jnp.left_shift(1, 1 + MAX_ROOMS + jnp.arange(NUM_COLOURS)), 0), axis=1)
+    bits = jnp.left_shift(1, 1 + MAX_ROOMS + jnp.arange(NUM_COLOURS))
+    tool_bits = jnp.sum(jnp.where(held_tools(state, params), bits, 0), axis=1)
     cuts = jnp.where(active_here > 0, tool_bits, 0)  # [A]
     return (active_here | moves | cuts).astype(jnp.int32)
 
@@ -565,7 +572,7 @@ def _apply_one(
     room, progress, status, result, valid, reward, score, explosions = carry
     seq, bomb_room, adjacency, phases = state.bomb_seq, state.bomb_room, state.adjacency, state.bomb_phases
     r_n = params.num_rooms
-    tool = state.tools
+    tool = held_tools(state, params)
     action = jnp.sum(jnp.where(is_me, actions, 0))
     my_room = jnp.sum(jnp.where(is_me, room, 0))
     bomb_here = (bomb_room == my_room) & (status == ACTIVE)  # [B] one-hot or empty
@@ -839,7 +846,7 @@ def observe(state: State, params: Params) -> dict[str, jax.Array]:
     agents = jnp.arange(a_n)
     rem = remaining_sequence(state)  # [B, 3]
     mask = action_mask(state, params)
-    tool = state.tools
+    tool = held_tools(state, params)
     number = lambda n: t.number0 + n  # noqa: E731
     colour_word = lambda c: jnp.where(c >= 0, _lookup(t.colour, jnp.maximum(c, 0)), 0)  # noqa: E731
     room_word = lambda r: _lookup(t.room_label, r)  # noqa: E731

@@ -98,7 +98,7 @@ def random_legal(key: jax.Array, state: core.State, params: core.Params) -> tupl
 
 def _team_policy(key: jax.Array, state: core.State, params: core.Params, full_info: bool) -> tuple[jax.Array, ...]:
     a_n, m_len = params.num_agents, params.message_len
-    tool = state.tools  # [A, 3]
+    tool = core.held_tools(state, params)  # [A, 3]
     rem = core.remaining_sequence(state)  # [B, 3]
     active = state.bomb_status == core.ACTIVE
     next_col = rem[:, 0]
