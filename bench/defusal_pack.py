@@ -49,6 +49,7 @@ import numpy as np  # noqa: E402
 
 from envs.defusal import core, scripted  # noqa: E402
 from launch.cli import world_changes  # noqa: E402
+from lwm.config import ConfigError  # noqa: E402
 
 CUT = scripted.CUT  # action id of the red cutter; green and blue follow
 
@@ -275,7 +276,10 @@ def main(argv: list[str] | None = None) -> dict:
     if args.logdir is not None:
         if not (args.logdir / "config.yaml").exists():
             raise SystemExit(f"defusal_pack: --logdir {args.logdir} holds no config.yaml (not a training run).")
-        trained = trained_team(args.logdir, args.mode, args.episodes, args.seed, mates=args.mates, world=world)
+        try:
+            trained = trained_team(args.logdir, args.mode, args.episodes, args.seed, mates=args.mates, world=world)
+        except ConfigError as e:  # a --world key or value the run's config rejects
+            raise SystemExit(f"defusal_pack: {e}") from None
     # The run's own world; the heuristic team's template messages need message_len 4 (as in launch.eval).
     params = (core.Params() if trained is None else trained.pop("params"))._replace(message_len=4)
     check_world(params)

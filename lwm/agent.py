@@ -99,6 +99,11 @@ class Agent:
         if config.replay.priority_signal not in ("model", "heads"):
             raise ValueError(f"replay.priority_signal={config.replay.priority_signal!r} is not known; "
                              "use 'model' or 'heads'.")
+        explore = cfg.actor.explore
+        if isinstance(explore, bool) or not isinstance(explore, int | float) or not 0.0 <= explore < 1.0:
+            raise ValueError(f"agent.actor.explore={explore!r} must be a number in [0, 1): the probability that a "
+                             "collecting agent-step takes a uniformly drawn legal action instead of the actor's "
+                             "(0 = off).")
         look, look_head = cfg.actor.lookahead, cfg.actor.lookahead_head
         if isinstance(look, bool) or not isinstance(look, int | float) or not look >= 0:
             raise ValueError(f"agent.actor.lookahead={look!r} must be a number >= 0 (0 = off).")
@@ -114,7 +119,7 @@ class Agent:
         self.critic_graph, _ = nnx.split(nets.critic, nnx.Param)
         self.num_params = sum(x.size for x in jax.tree.leaves(params))
         self.gamma = 1.0 - 1.0 / cfg.imag.gamma_horizon
-        self.policy = jax.jit(self._policy, static_argnames=("greedy",))
+        self.policy = jax.jit(self._policy, static_argnames=("greedy", "explore"))
         # Trace counts per jitted function (Python side effect at trace time): the train step must trace
         # exactly once per Agent; more means a shape or dtype drifted (tests also check with chex).
         self.traces = {"policy": 0, "train": 0, "report": 0}
@@ -224,8 +229,11 @@ class Agent:
         return total
 
     # --------------------------------------------------------------------------------------------- policy
-    def _policy(self, params, carry, obs, is_first, key, greedy: bool = False):
-        """One environment step for N worlds: observe, then act. Returns (carry, actions, latent to store)."""
+    def _policy(self, params, carry, obs, is_first, key, greedy: bool = False, explore: bool = False):
+        """One environment step for N worlds: observe, then act. Returns (carry, actions, latent to store).
+        With `explore` (the training collector, when `agent.actor.explore` > 0) each stream takes, with that
+        probability, a uniformly drawn action per head (legal ones only on the masked head) instead of the actor's:
+        replay then shows the world model what the policy's own moves never try."""
         self.traces["policy"] += 1
         nets = nnx.merge(self.graph, params)
         k1, k2 = jax.random.split(key)
@@ -238,6 +246,12 @@ class Agent:
             key_name, head = self.mask
             logits = {**logits, head: ac.mask_logits(logits[head], obs[key_name])}
         idx = ac.sample_actions(self.heads, logits, k2, greedy)
+        if explore and not greedy and self.config.agent.actor.explore > 0:
+            k4, k5 = jax.random.split(jax.random.fold_in(k2, 2))
+            flat = {h: jnp.where(logits[h] > -1e8, 0.0, -1e9) for h in logits}  # uniform over what acting allows
+            wild = ac.sample_actions(self.heads, flat, k4)
+            take = jax.random.bernoulli(k5, self.config.agent.actor.explore, feat.shape[:-1])
+            idx = {h: jnp.where(take, wild[h], idx[h]) for h in idx}
         carry = {"state": state, "action": self.joint_action(nets, feat, ac.onehot_actions(self.heads, idx), k3,
                                                              greedy)}
         actions = {h.name: idx[h.name] + h.low for h in self.heads}

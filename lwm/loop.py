@@ -65,13 +65,17 @@ class Interrupt:
             signal.signal(sig, handler)
 
 
-def _policy_fn(agent: Agent, num: int, seed: int, greedy: bool, get_params: Callable[[], Any]):
-    """A host-side policy for the driver: keeps the recurrent carry and the key (in `act.state`) across calls."""
+def _policy_fn(agent: Agent, num: int, seed: int, greedy: bool, get_params: Callable[[], Any],
+               explore: bool = False):
+    """A host-side policy for the driver: keeps the recurrent carry and the key (in `act.state`) across calls.
+    `explore`: the training collector's (`agent.actor.explore`); evaluation never explores."""
+    explore = bool(explore and agent.config.agent.actor.explore > 0)  # off: the same compiled policy as before
     state = {"carry": agent.init_policy(num), "key": jax.random.key(seed)}
 
     def act(obs, is_first):
         state["key"], sub = jax.random.split(state["key"])
-        carry, actions, latent = agent.policy(get_params(), state["carry"], obs, is_first, sub, greedy=greedy)
+        carry, actions, latent = agent.policy(get_params(), state["carry"], obs, is_first, sub, greedy=greedy,
+                                               explore=explore)
         state["carry"] = carry
         return jax.device_get(actions), {"latent": jax.device_get(latent)}
 
@@ -181,7 +185,7 @@ def train_loop(config, logdir: str | Path, make_env: Callable[[int], dm_env.Envi
     keys = [k.name for k in agent.keys]
     driver = (TeamDriver(envs[0], keys, name=config.env.name, mates=agent.mates > 0) if team
               else Driver(envs, keys, name=config.env.name, pool=pool))
-    act = _policy_fn(agent, num_streams, seed, False, lambda: ts["params"])
+    act = _policy_fn(agent, num_streams, seed, False, lambda: ts["params"], explore=True)
     counters = {"env_steps": 0, "updates": 0, "credit": 0.0, "episodes": 0, "skipped": 0}
 
     # ------------------------------------------------------------------------------- resume or start fresh

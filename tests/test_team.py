@@ -358,6 +358,50 @@ def test_policy_traces_once_over_episodes():
     assert driver.pop_episodes()
 
 
+def test_explore_draws_uniform_legal_actions_when_collecting():
+    """`agent.actor.explore`: the collecting policy (explore=True) replaces a stream's actions by uniform legal ones
+    with that probability; evaluation (explore=False) and argmax play are the actor's own; bad values are refused."""
+    config = lwm_config.load(["debug"], {"agent.actor.mask": "action_mask:move", "agent.actor.explore": 0.8})
+    env = envs.make_batched("defusal_small", 4, seed=5, **SMALL)
+    obs_spec, act_spec = team_specs(env)
+    agent = Agent(obs_spec, act_spec, config)
+    params = agent.init(0)["params"]
+    driver = TeamDriver(env, [k.name for k in agent.keys])
+    seen = {}
+
+    def grab(obs, is_first):
+        seen.update(obs=obs, is_first=is_first)
+        return {h: np.zeros(driver.num_streams, np.int32) for h in act_spec}, {}
+
+    driver.step(grab)
+    obs, is_first, carry = seen["obs"], seen["is_first"], agent.init_policy(driver.num_streams)
+    legal = np.asarray(obs["action_mask"]).astype(bool)
+    draws = {False: [], True: []}
+    for i in range(300):
+        for explore in (False, True):
+            _, actions, _ = agent.policy(params, carry, obs, is_first, jax.random.key(i), explore=explore)
+            draws[explore].append(np.asarray(actions["move"]) - act_spec["move"].minimum)
+    for explore in (False, True):
+        moves = np.stack(draws[explore])  # [keys, streams]
+        assert np.take_along_axis(legal, moves.T, 1).all(), "an explored move is illegal"
+    own, wild = np.stack(draws[False]), np.stack(draws[True])
+    changed = (own != wild).mean()
+    n_legal = legal.sum(1)
+    expect = 0.8 * (1 - 1 / n_legal).mean()  # at least: the drawn move differs unless it hits the actor's
+    assert changed > expect - 0.1, (changed, expect)
+    for s in range(legal.shape[0]):  # every legal move is drawn about 0.8 / n_legal of the time, or more
+        freq = np.bincount(wild[:, s], minlength=legal.shape[1]) / len(wild)
+        assert np.all(freq[legal[s]] > 0.8 / n_legal[s] - 0.08), (s, freq, legal[s])
+    _, greedy_a, _ = agent.policy(params, carry, obs, is_first, jax.random.key(0), greedy=True, explore=True)
+    _, greedy_b, _ = agent.policy(params, carry, obs, is_first, jax.random.key(0), greedy=True)
+    np.testing.assert_array_equal(greedy_a["move"], greedy_b["move"])
+    for bad in (1.0, -0.1):
+        with pytest.raises(ValueError, match=f"agent.actor.explore={bad!r} must be a number in"):
+            Agent(obs_spec, act_spec, lwm_config.load(["debug"], {"agent.actor.explore": bad}))
+    with pytest.raises(ValueError, match="'agent.actor.explore' expects a float, got True"):
+        lwm_config.load(["debug"], {"agent.actor.explore": True})
+
+
 def test_imagination_masks_with_the_decoded_action_mask():
     """In imagination the masked head samples only what the world model decodes as legal (acting uses the observed
     mask); the decoded flags are the decoder's own prediction of `action_mask`, thresholded at probability 1/2."""
