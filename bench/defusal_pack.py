@@ -278,8 +278,10 @@ def main(argv: list[str] | None = None) -> dict:
             raise SystemExit(f"defusal_pack: --logdir {args.logdir} holds no config.yaml (not a training run).")
         try:
             trained = trained_team(args.logdir, args.mode, args.episodes, args.seed, mates=args.mates, world=world)
-        except ConfigError as e:  # a --world key or value the run's config rejects
-            raise SystemExit(f"defusal_pack: {e}") from None
+        except (ConfigError, TypeError, ValueError) as e:
+            if not world and not isinstance(e, ConfigError):
+                raise
+            raise SystemExit(f"defusal_pack: {e}") from None  # a --world key or value the run's world rejects
     # The run's own world; the heuristic team's template messages need message_len 4 (as in launch.eval).
     params = (core.Params() if trained is None else trained.pop("params"))._replace(message_len=4)
     check_world(params)
