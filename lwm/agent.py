@@ -248,7 +248,10 @@ class Agent:
         idx = ac.sample_actions(self.heads, logits, k2, greedy)
         if explore and not greedy and self.config.agent.actor.explore > 0:
             k4, k5 = jax.random.split(jax.random.fold_in(k2, 2))
-            flat = {h: jnp.where(logits[h] > -1e8, 0.0, -1e9) for h in logits}  # uniform over what acting allows
+            flat = {h: jnp.zeros_like(v) for h, v in logits.items()}  # uniform over what acting allows
+            if self.mask is not None:
+                key_name, head = self.mask
+                flat[head] = ac.mask_logits(flat[head], obs[key_name])
             wild = ac.sample_actions(self.heads, flat, k4)
             take = jax.random.bernoulli(k5, self.config.agent.actor.explore, feat.shape[:-1])
             idx = {h: jnp.where(take, wild[h], idx[h]) for h in idx}
