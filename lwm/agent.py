@@ -241,17 +241,18 @@ class Agent:
         embed = nets.wm.encoder({k.name: obs[k.name] for k in self.keys})
         state, _ = nets.wm.rssm.obs_step(carry["state"], carry["action"], embed, is_first, k1)
         feat = nets.wm.rssm.feat(state)
-        logits = nets.actor(feat)
-        if self.mask is not None:  # acting: the observed mask (imagination uses the decoded one: `dream_logits`)
+
+        def observed_mask(logits):  # acting: the observed mask (imagination uses the decoded one: `dream_logits`)
+            if self.mask is None:
+                return logits
             key_name, head = self.mask
-            logits = {**logits, head: ac.mask_logits(logits[head], obs[key_name])}
+            return {**logits, head: ac.mask_logits(logits[head], obs[key_name])}
+
+        logits = observed_mask(nets.actor(feat))
         idx = ac.sample_actions(self.heads, logits, k2, greedy)
         if explore and not greedy and self.config.agent.actor.explore > 0:
             k4, k5 = jax.random.split(jax.random.fold_in(k2, 2))
-            flat = {h: jnp.zeros_like(v) for h, v in logits.items()}  # uniform over what acting allows
-            if self.mask is not None:
-                key_name, head = self.mask
-                flat[head] = ac.mask_logits(flat[head], obs[key_name])
+            flat = observed_mask({h: jnp.zeros_like(v) for h, v in logits.items()})  # uniform over what acting allows
             wild = ac.sample_actions(self.heads, flat, k4)
             take = jax.random.bernoulli(k5, self.config.agent.actor.explore, feat.shape[:-1])
             idx = {h: jnp.where(take, wild[h], idx[h]) for h in idx}
