@@ -1,7 +1,7 @@
 """Pack strategies of the defusal world, and how close a trained team plays to them.
 
-Usage: ``python bench/defusal_pack.py [--seeds 300] [--logdir RUN [--mode greedy|sample] [--episodes 100]
-[--mates head|real] [--world KEY=VALUE ...]]``.
+Usage: ``python bench/defusal_pack.py [--seeds 300] [--logdir RUN [--mode greedy|sample] [--plan N]
+[--episodes 100] [--mates head|real] [--world KEY=VALUE ...]]``.
 
 A *pack* team (``envs.defusal.scripted.pack``) never inspects and never talks: the three agents stay in one room,
 walk (shortest path, lowest room index on ties) to the nearest room whose bomb is still active, and there cut until
@@ -62,7 +62,7 @@ def check_world(params: core.Params) -> None:
 
 
 def trained_team(logdir: Path, mode: str, episodes: int, seed: int, samples: int = 32, mates: str = "head",
-                 world: dict | None = None) -> dict:
+                 world: dict | None = None, plan: int = 0) -> dict:
     """Plays the run's latest checkpoint; returns its score, rounds, pack measures and the model's colour test.
 
     `world` changes switches of the checkpoint's world (``launch.cli.world_changes``), e.g.
@@ -70,7 +70,10 @@ def trained_team(logdir: Path, mode: str, episodes: int, seed: int, samples: int
 
     `mates` (team-model runs): what each agent's RSSM takes as its teammates' last actions when acting: the
     teammate-action head's draws (`head`, decentralised, as trained agents act) or the actions they really took
-    (`real`: an oracle that measures what the head's guesses cost)."""
+    (`real`: an oracle that measures what the head's guesses cost).
+
+    `plan` > 0: each agent's move is its model's one-step best (reward + γ·cont·value, the mean over `plan` prior
+    draws) instead of the actor's (``Agent._plan``), decision-time planning with the trained model."""
     from flax import nnx
 
     from launch.eval import checkpoint_config, make_worlds
@@ -93,7 +96,7 @@ def trained_team(logdir: Path, mode: str, episodes: int, seed: int, samples: int
     ts, used = load_into(directory / str(step), agent.init(config.seed), "agent")
     nets = nnx.merge(agent.graph, ts["params"])
     driver = TeamDriver(env, [k.name for k in agent.keys])
-    act = make_policy(agent, ts["params"], driver.num_streams, seed, mode == "greedy")
+    act = make_policy(agent, ts["params"], driver.num_streams, seed, mode == "greedy", plan=plan)
     if mates == "real" and not agent.mates:
         raise SystemExit(f"defusal_pack: --mates real needs a run trained with agent.team_model (not {logdir}).")
     w_n, a_n = driver.W, driver.A
@@ -209,7 +212,8 @@ def trained_team(logdir: Path, mode: str, episodes: int, seed: int, samples: int
     t0 = time.perf_counter()
     eps = run_episodes(driver, policy, episodes)
     rounds = np.array([e["rounds"] for e in eps])
-    out = {"params": env.params, "checkpoint": str(used), "mode": mode, "mates_input": mates, "episodes": len(eps),
+    out = {"params": env.params, "checkpoint": str(used), "mode": mode, "plan": plan, "mates_input": mates,
+           "episodes": len(eps),
            "score_mean": float(np.mean([e["score"] for e in eps])), "rounds_mean": float(rounds.mean()),
            "rounds_std": float(rounds.std()), "together_pct": float(100 * np.concatenate(together).mean()),
            "colours_per_cut_round": float(np.mean(colours)) if colours else float("nan"),
@@ -259,6 +263,9 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--logdir", type=Path, default=None, help="a defusal training run to measure")
     parser.add_argument("--mode", choices=("greedy", "sample"), default="greedy")
+    parser.add_argument("--plan", type=int, default=0, metavar="N",
+                        help="the trained team moves by its model's one-step value (mean over N prior draws) "
+                             "instead of its actor's choice (0: the actor)")
     parser.add_argument("--episodes", type=int, default=100, help="episodes of the trained team")
     parser.add_argument("--mates", choices=("head", "real"), default="head",
                         help="team-model runs: teammates' last actions from the teammate-action head (as trained "
@@ -272,12 +279,15 @@ def main(argv: list[str] | None = None) -> dict:
         raise SystemExit("defusal_pack: --world changes the trained team's world; it needs --logdir.")
     if args.seeds < 1 or args.episodes < 1:
         raise SystemExit(f"defusal_pack: --seeds {args.seeds} and --episodes {args.episodes} must be >= 1.")
+    if args.plan < 0:
+        raise SystemExit(f"defusal_pack: --plan {args.plan} must be >= 0 (prior draws; 0 = the actor moves).")
     trained = None
     if args.logdir is not None:
         if not (args.logdir / "config.yaml").exists():
             raise SystemExit(f"defusal_pack: --logdir {args.logdir} holds no config.yaml (not a training run).")
         try:
-            trained = trained_team(args.logdir, args.mode, args.episodes, args.seed, mates=args.mates, world=world)
+            trained = trained_team(args.logdir, args.mode, args.episodes, args.seed, mates=args.mates, world=world,
+                                   plan=args.plan)
         except (ConfigError, TypeError, ValueError) as e:
             if not world and not isinstance(e, ConfigError):
                 raise
@@ -300,7 +310,8 @@ def main(argv: list[str] | None = None) -> dict:
               f"{row['rounds_mean']:>9.2f} ± {row['rounds_std']:<4.2f}")
     if trained is not None:
         table["trained"] = t = trained
-        name = f"trained ({args.mode}{', real mates' if args.mates == 'real' else ''})"
+        name = (f"trained ({args.mode}{', real mates' if args.mates == 'real' else ''}"
+                f"{f', plan {args.plan}' if args.plan else ''})")
         print(f"{name:<24}{t['score_mean']:>9.2f}{'':7}{t['rounds_mean']:>9.2f} ± "
               f"{t['rounds_std']:<4.2f}  together {t['together_pct']:.1f}% of rounds; "
               f"{t['colours_per_cut_round']:.2f} distinct colours per round cut together ({t['cut_rounds']} rounds)")

@@ -119,7 +119,7 @@ class Agent:
         self.critic_graph, _ = nnx.split(nets.critic, nnx.Param)
         self.num_params = sum(x.size for x in jax.tree.leaves(params))
         self.gamma = 1.0 - 1.0 / cfg.imag.gamma_horizon
-        self.policy = jax.jit(self._policy, static_argnames=("greedy", "explore"))
+        self.policy = jax.jit(self._policy, static_argnames=("greedy", "explore", "plan"))
         # Trace counts per jitted function (Python side effect at trace time): the train step must trace
         # exactly once per Agent; more means a shape or dtype drifted (tests also check with chex).
         self.traces = {"policy": 0, "train": 0, "report": 0}
@@ -229,11 +229,16 @@ class Agent:
         return total
 
     # --------------------------------------------------------------------------------------------- policy
-    def _policy(self, params, carry, obs, is_first, key, greedy: bool = False, explore: bool = False):
+    def _policy(self, params, carry, obs, is_first, key, greedy: bool = False, explore: bool = False,
+                plan: int = 0):
         """One environment step for N worlds: observe, then act. Returns (carry, actions, latent to store).
         With `explore` (the training collector, when `agent.actor.explore` > 0) each stream takes, with that
         probability, a uniformly drawn action per head (legal ones only on the masked head) instead of the actor's:
-        replay then shows the world model what the policy's own moves never try."""
+        replay then shows the world model what the policy's own moves never try.
+        With `plan` > 0 (acting only) the `agent.actor.lookahead_head` action is chosen by the model instead of the
+        actor: the legal action of highest one-step value (reward + γ·cont·value, what the lookahead term trains
+        the actor towards), averaged over `plan` prior draws, the other heads and the teammates' actions (team
+        model: the teammate-action head's draws) as the actor and the head give them."""
         self.traces["policy"] += 1
         nets = nnx.merge(self.graph, params)
         k1, k2 = jax.random.split(key)
@@ -256,10 +261,25 @@ class Agent:
             wild = ac.sample_actions(self.heads, flat, k4)
             take = jax.random.bernoulli(k5, self.config.agent.actor.explore, feat.shape[:-1])
             idx = {h: jnp.where(take, wild[h], idx[h]) for h in idx}
-        carry = {"state": state, "action": self.joint_action(nets, feat, ac.onehot_actions(self.heads, idx), k3,
-                                                             greedy)}
+        joint = self.joint_action(nets, feat, ac.onehot_actions(self.heads, idx), k3, greedy)
+        if plan:
+            idx = self._plan(nets, state, idx, joint, obs, jax.random.fold_in(k2, 3), plan)
+            width = sum(h.num for h in self.heads)
+            joint = jnp.concatenate([ac.onehot_actions(self.heads, idx), joint[..., width:]], -1)
+        carry = {"state": state, "action": joint}
         actions = {h.name: idx[h.name] + h.low for h in self.heads}
         return carry, actions, state
+
+    def _plan(self, nets, state, idx: dict[str, jax.Array], joint: jax.Array, obs, key: jax.Array,
+              samples: int) -> dict[str, jax.Array]:
+        """The actor's action indices `idx` {head: [N]} with the lookahead head's replaced by its legal action of
+        highest one-step value from the posterior `state`, the mean over `samples` prior draws; `joint` is the
+        joint action [N, D·(1 + mates)] of the actor and the teammate-action head that the rest is taken from."""
+        q = jax.vmap(lambda k: self.lookahead_q(nets, state, joint, k))(jax.random.split(key, samples)).mean(0)
+        head = self.heads[self.look_head]
+        if self.mask is not None and self.mask[1] == head.name:
+            q = jnp.where(ac.mask_logits(jnp.zeros_like(q), obs[self.mask[0]]) == 0, q, -jnp.inf)
+        return {**idx, head.name: jnp.argmax(q, -1).astype(idx[head.name].dtype)}
 
     def dream_logits(self, actor, wm, feat: jax.Array, taken: dict[str, jax.Array] | None = None
                      ) -> dict[str, jax.Array]:

@@ -127,8 +127,11 @@ def features(latent: Mapping[str, Any]) -> np.ndarray:
 
 
 def make_policy(agent: Any, params: Any, num: int, seed: int, greedy: bool,
-                shadow_params: Any = None) -> Callable:
+                shadow_params: Any = None, plan: int = 0) -> Callable:
     """`act(obs, is_first) -> (actions, extra)` for a driver; `extra["feat"]` holds the latent features [N, F].
+
+    With `plan` > 0 the lookahead head's action is the model's one-step best over `plan` prior draws
+    (`Agent._plan`), not the actor's.
 
     With `shadow_params`, a second model of the same architecture observes the same stream in lock-step (its
     recurrent input is the action the first model took) and its features are `extra["shadow_feat"]`.
@@ -139,7 +142,7 @@ def make_policy(agent: Any, params: Any, num: int, seed: int, greedy: bool,
 
     def act(obs, is_first):
         state["key"], sub, sub2 = jax.random.split(state["key"], 3)
-        carry, actions, latent = agent.policy(params, state["carry"], obs, is_first, sub, greedy=greedy)
+        carry, actions, latent = agent.policy(params, state["carry"], obs, is_first, sub, greedy=greedy, plan=plan)
         state["carry"] = carry
         extra = {"feat": features(jax.device_get(latent))}
         if shadow_params is not None:

@@ -246,6 +246,57 @@ def test_lookahead_moves_the_actor_towards_the_better_actions():
             Agent(obs_spec, act_spec, lwm_config.load(["debug"], {"agent.team_model": True, **bad}))
 
 
+def test_plan_acting_takes_the_models_best_legal_move():
+    """`plan` acting (`Agent._plan`, ``bench/defusal_pack.py --plan N``): the move is the legal one of highest
+    one-step value, the mean over N prior draws from the posterior, given the actor's other heads and the
+    teammate-action head's draws; the carry records that move; it traces once per setting."""
+    from flax import nnx
+
+    config = lwm_config.load(["debug"], {"agent.team_model": True, "agent.actor.mask": "action_mask:move",
+                                         "agent.actor.lookahead_head": "move"})
+    env = envs.make_batched("defusal_small", 3, seed=6, **SMALL)
+    obs_spec, act_spec = team_specs(env)
+    agent = Agent(obs_spec, act_spec, config)
+    leaves, tree = jax.tree.flatten(agent.init(0)["params"])
+    keys = jax.random.split(jax.random.key(8), len(leaves))  # untrained heads are 0: give every move its own Q
+    params = jax.tree.unflatten(tree, [x + 0.3 * jax.random.normal(k, x.shape, x.dtype)
+                                       for x, k in zip(leaves, keys, strict=True)])
+    driver = TeamDriver(env, [k.name for k in agent.keys])
+    seen = {}
+
+    def grab(obs, is_first):
+        seen.update(obs=obs, is_first=is_first)
+        return {h: np.zeros(driver.num_streams, np.int32) for h in act_spec}, {}
+
+    driver.step(grab)
+    driver.step(grab)  # a second round: obs not at is_first, some moves illegal
+    obs, is_first = seen["obs"], seen["is_first"]
+    carry = agent.init_policy(driver.num_streams)
+    key = jax.random.key(3)
+    base, actor_a, _ = agent.policy(params, carry, obs, is_first, key, greedy=True)
+    planned, plan_a, _ = agent.policy(params, carry, obs, is_first, key, greedy=True, plan=4)
+    nets = nnx.merge(agent.graph, params)
+    k2 = jax.random.split(key)[1]
+    q = np.mean([np.asarray(agent.lookahead_q(nets, base["state"], base["action"], k))
+                 for k in jax.random.split(jax.random.fold_in(k2, 3), 4)], 0)
+    legal = np.asarray(obs["action_mask"]).astype(bool)
+    assert (~legal).any(), "the check needs illegal moves"
+    low = act_spec["move"].minimum
+    expect = np.argmax(np.where(legal, q, -np.inf), -1)
+    np.testing.assert_array_equal(np.asarray(plan_a["move"]) - low, expect)
+    assert (np.asarray(plan_a["move"]) != np.asarray(actor_a["move"])).any(), "plan never differs from the actor"
+    for h in act_spec:
+        if h != "move":
+            np.testing.assert_array_equal(plan_a[h], actor_a[h])
+    width = sum(h.num for h in agent.heads)
+    move_at = sum(h.num for h in agent.heads[: [h.name for h in agent.heads].index("move")])
+    np.testing.assert_array_equal(np.argmax(np.asarray(planned["action"])[:, move_at: move_at + 9], -1), expect)
+    np.testing.assert_array_equal(planned["action"][:, width:], base["action"][:, width:])  # the mates' draws
+    for _ in range(2):
+        agent.policy(params, carry, obs, is_first, key, greedy=True, plan=4)
+    assert agent.traces["policy"] == 2  # one trace for the actor, one for plan=4
+
+
 def test_batched_defusal_specs_and_stream_shapes():
     env = envs.make_batched("defusal_small", 4, seed=1, **SMALL)
     assert env.num_worlds == 4 and env.num_agents == 3
