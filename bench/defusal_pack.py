@@ -215,7 +215,9 @@ def trained_team(logdir: Path, mode: str, episodes: int, seed: int, samples: int
     out = {"params": env.params, "checkpoint": str(used), "mode": mode, "plan": plan, "mates_input": mates,
            "episodes": len(eps),
            "score_mean": float(np.mean([e["score"] for e in eps])), "rounds_mean": float(rounds.mean()),
-           "rounds_std": float(rounds.std()), "together_pct": float(100 * np.concatenate(together).mean()),
+           "rounds_std": float(rounds.std()), "rounds_median": float(np.median(rounds)),
+           "unfinished": int(sum(e["score"] < 90 for e in eps)),
+           "together_pct": float(100 * np.concatenate(together).mean()),
            "colours_per_cut_round": float(np.mean(colours)) if colours else float("nan"),
            "cut_rounds": len(colours),
            # rounds per episode in which every agent walked, none did, some did (episodes run to the end)
@@ -313,7 +315,8 @@ def main(argv: list[str] | None = None) -> dict:
         name = (f"trained ({args.mode}{', real mates' if args.mates == 'real' else ''}"
                 f"{f', plan {args.plan}' if args.plan else ''})")
         print(f"{name:<24}{t['score_mean']:>9.2f}{'':7}{t['rounds_mean']:>9.2f} ± "
-              f"{t['rounds_std']:<4.2f}  together {t['together_pct']:.1f}% of rounds; "
+              f"{t['rounds_std']:<4.2f}  (median {t['rounds_median']:.0f}, {t['unfinished']} of {t['episodes']} "
+              f"short of 90 points); together {t['together_pct']:.1f}% of rounds; "
               f"{t['colours_per_cut_round']:.2f} distinct colours per round cut together ({t['cut_rounds']} rounds)")
         print(f"rounds per episode: {t['walk_rounds_per_episode']:.2f} all walk, {t['stay_rounds_per_episode']:.2f} "
               f"nobody walks, {t['split_rounds_per_episode']:.2f} some walk (a pack on a shortest tour: 4 + 7.08 + 0)")
