@@ -139,10 +139,11 @@ def make_policy(agent: Any, params: Any, num: int, seed: int, greedy: bool,
     state = {"carry": agent.init_policy(num), "key": jax.random.key(seed)}
     if shadow_params is not None:
         state["shadow"] = agent.init_policy(num)
+    planning = {"plan": plan} if plan else {}  # an explicit plan=0 would be a second jit cache entry (a retrace)
 
     def act(obs, is_first):
         state["key"], sub, sub2 = jax.random.split(state["key"], 3)
-        carry, actions, latent = agent.policy(params, state["carry"], obs, is_first, sub, greedy=greedy, plan=plan)
+        carry, actions, latent = agent.policy(params, state["carry"], obs, is_first, sub, greedy=greedy, **planning)
         state["carry"] = carry
         extra = {"feat": features(jax.device_get(latent))}
         if shadow_params is not None:

@@ -207,6 +207,28 @@ def test_joint_imagination_trains():
     assert agent.traces["train"] == 1
 
 
+def _jittered_params(agent: Agent, seed: int):
+    """The agent's initial parameters plus N(0, 0.3²) noise: untrained output heads are 0, this gives every action
+    its own one-step value."""
+    leaves, tree = jax.tree.flatten(agent.init(0)["params"])
+    keys = jax.random.split(jax.random.key(seed), len(leaves))
+    return jax.tree.unflatten(tree, [x + 0.3 * jax.random.normal(k, x.shape, x.dtype)
+                                     for x, k in zip(leaves, keys, strict=True)])
+
+
+def _observe(driver: TeamDriver, act_spec, rounds: int = 1) -> tuple[dict, np.ndarray]:
+    """(obs, is_first) the driver's streams see after `rounds` rounds of action 0 on every head."""
+    seen = {}
+
+    def grab(obs, is_first):
+        seen.update(obs=obs, is_first=is_first)
+        return {h: np.zeros(driver.num_streams, np.int32) for h in act_spec}, {}
+
+    for _ in range(rounds):
+        driver.step(grab)
+    return seen["obs"], seen["is_first"]
+
+
 def test_lookahead_moves_the_actor_towards_the_better_actions():
     """`agent.actor.lookahead`: a gradient step on the all-action term raises the policy's expected one-step value
     Σ_k π_k Q_k (Q from the model, the teammates' actions fixed); bad settings are named."""
@@ -217,10 +239,7 @@ def test_lookahead_moves_the_actor_towards_the_better_actions():
     env = envs.make_batched("defusal_small", 2, seed=4, **SMALL)
     obs_spec, act_spec = team_specs(env)
     agent = Agent(obs_spec, act_spec, config)
-    leaves, tree = jax.tree.flatten(agent.init(0)["params"])
-    keys = jax.random.split(jax.random.key(7), len(leaves))  # untrained heads are 0: give every action its own Q
-    params = jax.tree.unflatten(tree, [x + 0.3 * jax.random.normal(k, x.shape, x.dtype)
-                                       for x, k in zip(leaves, keys, strict=True)])
+    params = _jittered_params(agent, 7)
     frozen = nnx.merge(agent.graph, params)
     r, n = config.agent.rssm, 16
     k1, k2, k3 = jax.random.split(jax.random.key(1), 3)
@@ -257,20 +276,9 @@ def test_plan_acting_takes_the_models_best_legal_move():
     env = envs.make_batched("defusal_small", 3, seed=6, **SMALL)
     obs_spec, act_spec = team_specs(env)
     agent = Agent(obs_spec, act_spec, config)
-    leaves, tree = jax.tree.flatten(agent.init(0)["params"])
-    keys = jax.random.split(jax.random.key(8), len(leaves))  # untrained heads are 0: give every move its own Q
-    params = jax.tree.unflatten(tree, [x + 0.3 * jax.random.normal(k, x.shape, x.dtype)
-                                       for x, k in zip(leaves, keys, strict=True)])
+    params = _jittered_params(agent, 8)
     driver = TeamDriver(env, [k.name for k in agent.keys])
-    seen = {}
-
-    def grab(obs, is_first):
-        seen.update(obs=obs, is_first=is_first)
-        return {h: np.zeros(driver.num_streams, np.int32) for h in act_spec}, {}
-
-    driver.step(grab)
-    driver.step(grab)  # a second round: obs not at is_first, some moves illegal
-    obs, is_first = seen["obs"], seen["is_first"]
+    obs, is_first = _observe(driver, act_spec, rounds=2)  # the second round: not is_first, some moves illegal
     carry = agent.init_policy(driver.num_streams)
     key = jax.random.key(3)
     base, actor_a, _ = agent.policy(params, carry, obs, is_first, key, greedy=True)
@@ -295,6 +303,11 @@ def test_plan_acting_takes_the_models_best_legal_move():
     for _ in range(2):
         agent.policy(params, carry, obs, is_first, key, greedy=True, plan=4)
     assert agent.traces["policy"] == 2  # one trace for the actor, one for plan=4
+    from lwm.evaluate import make_policy
+
+    for plan in (0, 4):  # the evaluation's policy reuses both traces (plan=0 is the actor's, not a third)
+        make_policy(agent, params, driver.num_streams, 0, True, plan=plan)(obs, is_first)
+    assert agent.traces["policy"] == 2
 
 
 def test_batched_defusal_specs_and_stream_shapes():
@@ -418,14 +431,8 @@ def test_explore_draws_uniform_legal_actions_when_collecting():
     agent = Agent(obs_spec, act_spec, config)
     params = agent.init(0)["params"]
     driver = TeamDriver(env, [k.name for k in agent.keys])
-    seen = {}
-
-    def grab(obs, is_first):
-        seen.update(obs=obs, is_first=is_first)
-        return {h: np.zeros(driver.num_streams, np.int32) for h in act_spec}, {}
-
-    driver.step(grab)
-    obs, is_first, carry = seen["obs"], seen["is_first"], agent.init_policy(driver.num_streams)
+    obs, is_first = _observe(driver, act_spec)
+    carry = agent.init_policy(driver.num_streams)
     legal = np.asarray(obs["action_mask"]).astype(bool)
     draws = {False: [], True: []}
     for i in range(300):
