@@ -281,6 +281,11 @@ class Checkpointer:
             except Exception as e:  # noqa: BLE001 - any read failure means this checkpoint is unusable
                 self._reject(step, e, quarantine)
                 continue
+            if meta.get("exported"):
+                logdir = self.directory.parent
+                raise CheckpointError(
+                    f"{self.path(step)} is an exported agent (python -m launch.export: no replay, no logs), which "
+                    f"cannot be resumed; start a new run from it: --from_checkpoint {logdir} --logdir NEW_DIR.")
             if config is not None:
                 check_config(meta.get("config", {}), config, where=str(self.path(step)))
             try:
@@ -349,17 +354,42 @@ def check_config(saved: Mapping[str, Any], current: Mapping[str, Any], where: st
 
 
 # -------------------------------------------------------------------------------------- starting from elsewhere
-def resolve(path: str | os.PathLike) -> tuple[Path, int | None]:
+def resolve(path: str | os.PathLike, flag: str = "--from_checkpoint") -> tuple[Path, int | None]:
     """(checkpoint directory, step or None = latest) for a logdir, its `ckpt` directory or one step directory."""
     p = Path(path).expanduser().resolve()
     if not p.is_dir():
-        raise CheckpointError(f"--from_checkpoint {path}: no such directory (give a logdir, its ckpt/ directory "
+        raise CheckpointError(f"{flag} {path}: no such directory (give a logdir, its ckpt/ directory "
                               "or one checkpoint step directory such as ckpt/1200).")
     if (p / "ckpt").is_dir():
         return p / "ckpt", None
     if p.name.isdigit() and (p / "state").is_dir():
         return p.parent, int(p.name)
     return p, None
+
+
+def read_checkpoint(path: str | os.PathLike, flag: str = "--from_checkpoint") -> tuple[Path, int, dict, dict]:
+    """(checkpoint directory, step, state arrays as saved (nested names, on the first local device), meta) of the
+    checkpoint at `path`: a logdir, its `ckpt` directory (latest complete step) or one step directory."""
+    directory, step = resolve(path, flag)
+    manager = ocp.CheckpointManager(epath.Path(directory), options=ocp.CheckpointManagerOptions(create=False),
+                                    item_handlers=_handlers())
+    try:
+        steps = sorted(manager.all_steps())
+        if not steps:
+            raise CheckpointError(f"{flag} {path}: {directory} holds no complete checkpoint.")
+        step = steps[-1] if step is None else step
+        if step not in steps:
+            raise CheckpointError(f"{flag} {path}: step {step} is not a complete checkpoint; complete: {steps}.")
+        metadata = manager.item_metadata(step)["state"]
+        tree = getattr(metadata, "tree", metadata)
+        target = jax.tree.map(lambda m: jax.ShapeDtypeStruct(tuple(m.shape), m.dtype,
+                                                             sharding=jax.sharding.SingleDeviceSharding(
+                                                                 jax.local_devices()[0])), tree)
+        out = manager.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore(target),
+                                                            meta=ocp.args.JsonRestore()))
+    finally:
+        manager.close()
+    return directory, step, out["state"], dict(out["meta"])
 
 
 def load_into(path: str | os.PathLike, ts: Any, only: str = "agent") -> tuple[Any, Path]:
@@ -371,25 +401,7 @@ def load_into(path: str | os.PathLike, ts: Any, only: str = "agent") -> tuple[An
     """
     if only not in FROM_ONLY:
         raise CheckpointError(f"ckpt.from_only={only!r} is not known; use one of {', '.join(FROM_ONLY)}.")
-    directory, step = resolve(path)
-    manager = ocp.CheckpointManager(epath.Path(directory), options=ocp.CheckpointManagerOptions(create=False),
-                                    item_handlers=_handlers())
-    try:
-        steps = sorted(manager.all_steps())
-        if not steps:
-            raise CheckpointError(f"--from_checkpoint {path}: {directory} holds no complete checkpoint.")
-        step = steps[-1] if step is None else step
-        if step not in steps:
-            raise CheckpointError(f"--from_checkpoint {path}: step {step} is not a complete checkpoint; "
-                                  f"complete: {steps}.")
-        metadata = manager.item_metadata(step)["state"]
-        tree = getattr(metadata, "tree", metadata)
-        target = jax.tree.map(lambda m: jax.ShapeDtypeStruct(tuple(m.shape), m.dtype,
-                                                             sharding=jax.sharding.SingleDeviceSharding(
-                                                                 jax.local_devices()[0])), tree)
-        saved = manager.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore(target)))["state"]
-    finally:
-        manager.close()
+    directory, step, saved, _ = read_checkpoint(path)
     fresh = to_nested({"agent": ts})
     if only == "agent":
         parts = [("agent",)]
@@ -416,3 +428,59 @@ def load_into(path: str | os.PathLike, ts: Any, only: str = "agent") -> tuple[An
                               f"from this model (ckpt.from_only={only}):\n{shown}\n"
                               "Use the model config of that run (see its config.yaml).")
     return from_nested(merged, {"agent": ts})["agent"], directory / str(step)
+
+
+# ------------------------------------------------------------------------------------------------ exporting
+COUNTERS = ("env_steps", "updates", "episodes", "skipped")
+
+
+def export_agent(source: str | os.PathLike, out: str | os.PathLike, keep_optimizer: bool = False,
+                 flag: str = "--logdir") -> dict:
+    """Writes the trained agent of the checkpoint at `source` as a small logdir `out` that ships without its run:
+    `config.yaml` and one checkpoint (same step) holding the train state but no replay and no logs.
+
+    The optimizer's moments and counts are zeroed unless `keep_optimizer` (they are twice the size of the
+    params and compress to almost nothing when zero): a run started from it (`--from_checkpoint out`) has the
+    agent's params, slow critic, return scale and update count and a fresh optimizer (its warm-up again).
+    Evaluation, the visualizer and `--from_checkpoint` read it like any logdir; resuming it is refused.
+    `out` must not exist or be empty (nothing is overwritten); it is written under a temporary name and renamed
+    when complete. Returns {"path", "step", "updates", "bytes", "optimizer"}.
+    """
+    from lwm import config as lwm_config
+
+    out = Path(out).expanduser().resolve()
+    if out.exists() and (not out.is_dir() or any(out.iterdir())):
+        raise CheckpointError(f"--out {out} exists and is not an empty directory; exporting never overwrites: "
+                              "give a new directory.")
+    if not out.parent.is_dir():
+        raise CheckpointError(f"--out {out}: the directory {out.parent} does not exist.")
+    directory, step, saved, meta = read_checkpoint(source, flag)
+    if "agent" not in saved:
+        raise CheckpointError(f"{directory / str(step)} holds no agent state (keys: {sorted(saved)}).")
+    agent = dict(saved["agent"])
+    if not keep_optimizer:
+        agent["opt"] = jax.tree.map(lambda x: np.zeros(np.shape(x), np.asarray(x).dtype), agent["opt"])
+    config = lwm_config.load().update(meta.get("config", {}), where=f"checkpoint {directory / str(step)}")
+    new_meta = {k: meta[k] for k in COUNTERS if k in meta}
+    new_meta.update({"credit": 0.0, "replay_size": 0, "config": meta.get("config", {}),
+                     "exported": {"from": str(directory / str(step)), "optimizer": "kept" if keep_optimizer else
+                                  "reset", "time": time.strftime("%Y-%m-%d %H:%M:%S %Z")}})
+    tmp = out.parent / f".{out.name}.export-tmp-{os.getpid()}"
+    shutil.rmtree(tmp, ignore_errors=True)
+    try:
+        tmp.mkdir()
+        config.save(tmp / "config.yaml")
+        writer = Checkpointer(tmp / "ckpt", keep=1, async_save=False)
+        try:
+            writer.save(step, {"agent": agent}, new_meta)
+        finally:
+            writer.close()
+        if out.exists():
+            out.rmdir()  # empty, checked above
+        tmp.rename(out)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    size = sum(f.stat().st_size for f in out.rglob("*") if f.is_file())
+    return {"path": out, "step": step, "updates": meta.get("updates"), "bytes": size,
+            "optimizer": new_meta["exported"]["optimizer"]}

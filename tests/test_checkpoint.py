@@ -383,3 +383,41 @@ def test_time_budget_ends_the_run_like_its_last_step(monkeypatch, tmp_path):
     assert summary["env_steps"] == N_ENVS and summary["stopped"] == "run.minutes (1e-06) reached"
     with pytest.raises(ValueError, match=r"run.minutes=-1.0 must be >= 0"):
         train_loop(_cfg(**{"run.minutes": -1.0}), tmp_path / "bad", make)
+
+
+def test_export_ships_the_agent_without_replay_and_is_never_resumed(setup, tmp_path):
+    cfg, agent, replay = setup
+    ts = _updates(agent, agent.init(0), replay, 2)  # non-zero optimizer moments and counts
+    saver = ck.Checkpointer(tmp_path / "run" / "ckpt", async_save=False)
+    saver.save(160, {"agent": ts}, {"env_steps": 160, "updates": 2, "episodes": 5, "config": cfg.to_dict()},
+               replay, local={"policy_key": jax.random.key(3)})
+    saver.close()
+    want = jax.device_get(ts)
+
+    info = ck.export_agent(tmp_path / "run", tmp_path / "team")
+    team = tmp_path / "team"
+    assert (info["step"], info["updates"], info["optimizer"]) == (160, 2, "reset")
+    assert not list(team.rglob("replay*")) and not list(tmp_path.glob(".team.export-tmp*"))
+    assert config.load([str(team / "config.yaml")]).to_dict() == cfg.to_dict()
+    got, used = ck.load_into(team, agent.init(1), "agent")
+    assert used == (team / "ckpt" / "160").resolve()
+    got = jax.device_get(got)
+    for part in ("params", "slow", "retnorm", "step"):
+        chex.assert_trees_all_equal(got[part], want[part])
+    assert jax.tree.leaves(want["opt"]) and all(not np.any(x) for x in jax.tree.leaves(got["opt"]))
+    assert any(np.any(x) for x in jax.tree.leaves(want["opt"]))
+
+    ck.export_agent(tmp_path / "run" / "ckpt" / "160", tmp_path / "full", keep_optimizer=True)
+    full, _ = ck.load_into(tmp_path / "full", agent.init(1), "agent")
+    chex.assert_trees_all_equal(jax.device_get(full)["opt"], want["opt"])
+
+    # Nothing is overwritten, and resuming the export as a logdir is refused without moving it to quarantine.
+    with pytest.raises(ck.CheckpointError, match="not an empty directory.*never overwrites"):
+        ck.export_agent(tmp_path / "run", team)
+    with pytest.raises(ck.CheckpointError, match="no such directory"):
+        ck.export_agent(tmp_path / "nowhere", tmp_path / "x")
+    loader = ck.Checkpointer(team / "ckpt")
+    with pytest.raises(ck.CheckpointError, match=r"exported agent.*--from_checkpoint .*team --logdir NEW_DIR"):
+        loader.restore_latest_good({"agent": agent.init(0)}, config=cfg, quarantine=team / "ckpt_corrupt")
+    assert loader.steps() == [160] and not (team / "ckpt_corrupt").exists()
+    loader.close()

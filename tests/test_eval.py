@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 
 from launch import eval as lwm_eval
+from launch import export as lwm_export
 from launch import train
 from lwm import evaluate
 
@@ -134,6 +135,20 @@ def test_same_seeds_same_numbers(defusal_run, defusal_eval, tmp_path):
     again = lwm_eval.main(["--logdir", str(defusal_run), "--episodes", "6", "--seeds", "0", "1", "--out",
                            str(tmp_path)])
     assert again["suites"] == defusal_eval[0]["suites"]
+
+
+def test_an_exported_team_evaluates_like_its_run(defusal_run, defusal_eval, tmp_path):
+    info = lwm_export.main(["--logdir", str(defusal_run), "--out", str(tmp_path / "team")])
+    assert info["bytes"] < sum(f.stat().st_size for f in (defusal_run / "ckpt").rglob("*") if f.is_file())
+    again = lwm_eval.main(["--logdir", str(tmp_path / "team"), "--episodes", "6", "--seeds", "0", "1", "--out",
+                           str(tmp_path / "eval")])
+    assert again["suites"] == defusal_eval[0]["suites"]
+    with pytest.raises(SystemExit, match="--optimizer 'adam' is not known; use one of reset, keep"):
+        lwm_export.main(["--logdir", str(defusal_run), "--out", str(tmp_path / "x"), "--optimizer", "adam"])
+    with pytest.raises(SystemExit, match="--out is required"):
+        lwm_export.main(["--logdir", str(defusal_run)])
+    with pytest.raises(SystemExit, match="--out .*team exists and is not an empty directory"):
+        lwm_export.main(["--logdir", str(defusal_run), "--out", str(tmp_path / "team")])
 
 
 def test_gridworld_suite_tokenchoice(token_run, tmp_path):
