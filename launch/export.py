@@ -6,9 +6,9 @@
   --optimizer WHAT    reset (default: the optimizer's moments are zeroed, a third of the size) | keep
 
 The export is a small logdir: config.yaml and one checkpoint with the agent's train state, without the replay
-buffer and logs (a defusal team: about 11 MB instead of 90). Evaluation (`launch.eval`, `bench/defusal_pack.py`),
-the visualizer and `launch.train --from_checkpoint OUT` read it like the run's own logdir; resuming training in
-it is refused (it has no replay).
+buffer and logs (a defusal team: 10.5 MB instead of 275 MB with its replay). Evaluation (`launch.eval`,
+`bench/defusal_pack.py`), the visualizer and `launch.train --from_checkpoint OUT` read it like the run's own
+logdir; resuming training in it is refused (it has no replay).
 """
 
 from __future__ import annotations
