@@ -431,7 +431,6 @@ def load_into(path: str | os.PathLike, ts: Any, only: str = "agent") -> tuple[An
 
 
 # ------------------------------------------------------------------------------------------------ exporting
-COUNTERS = ("env_steps", "updates", "episodes", "skipped")
 
 
 def export_agent(source: str | os.PathLike, out: str | os.PathLike, keep_optimizer: bool = False,
@@ -461,8 +460,9 @@ def export_agent(source: str | os.PathLike, out: str | os.PathLike, keep_optimiz
     if not keep_optimizer:
         agent["opt"] = jax.tree.map(lambda x: np.zeros(np.shape(x), np.asarray(x).dtype), agent["opt"])
     config = lwm_config.load().update(meta.get("config", {}), where=f"checkpoint {directory / str(step)}")
-    new_meta = {k: meta[k] for k in COUNTERS if k in meta}
-    new_meta.update({"credit": 0.0, "replay_size": 0, "config": meta.get("config", {}),
+    # The run's meta as it was (counters, config), less what described its replay and logs.
+    new_meta = {k: v for k, v in meta.items() if k not in ("logs", "replay_size")}
+    new_meta.update({"credit": 0.0, "replay_size": 0,
                      "exported": {"from": str(directory / str(step)), "optimizer": "kept" if keep_optimizer else
                                   "reset", "time": time.strftime("%Y-%m-%d %H:%M:%S %Z")}})
     tmp = out.parent / f".{out.name}.export-tmp-{os.getpid()}"
