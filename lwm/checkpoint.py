@@ -32,8 +32,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import orbax.checkpoint as ocp
+import yaml
 from etils import epath
 
+from lwm import config as lwm_config
 from lwm.replay import Replay, flatten, unflatten
 
 # Keys that may differ between a checkpoint's config and the config of the run that resumes it: how long to
@@ -428,6 +430,25 @@ def load_into(path: str | os.PathLike, ts: Any, only: str = "agent") -> tuple[An
                               f"from this model (ckpt.from_only={only}):\n{shown}\n"
                               "Use the model config of that run (see its config.yaml).")
     return from_nested(merged, {"agent": ts})["agent"], directory / str(step)
+
+
+def config_changes(path: str | os.PathLike, flat: dict[str, Any], shown: int = 12) -> str | None:
+    """What the new run's config (`flat`: dotted key -> value) changes from the config.yaml of the run whose
+    checkpoint is at `path`, as one line for the log (`--from_checkpoint` takes that run's state, not its
+    config, so a flag left out falls back to the presets), or None when nothing differs or it has no config.yaml.
+    The `ckpt.*` keys are left out (where to start from is meant to differ)."""
+    directory, _ = resolve(path)
+    source = directory.parent / "config.yaml"
+    if not source.is_file():
+        return None
+    old = lwm_config.Config(yaml.safe_load(source.read_text()) or {}).flat()
+    keys = sorted(k for k in set(old) | set(flat) if not k.startswith("ckpt.") and old.get(k, "absent")
+                  != flat.get(k, "absent"))
+    if not keys:
+        return None
+    parts = [f"{k} {old.get(k, 'absent')!r} -> {flat.get(k, 'absent')!r}" for k in keys[:shown]]
+    more = f" and {len(keys) - shown} more" if len(keys) > shown else ""
+    return f"this run's config differs from {source} in {len(keys)} key(s): {'; '.join(parts)}{more}"
 
 
 # ------------------------------------------------------------------------------------------------ exporting

@@ -224,6 +224,9 @@ def train_loop(config, logdir: str | Path, make_env: Callable[[int], dm_env.Envi
         if config.ckpt["from"]:
             ts, used = ckpt_lib.load_into(config.ckpt["from"], ts, config.ckpt.from_only)
             print(f"lwm: started from {used} (ckpt.from_only={config.ckpt.from_only}).", flush=True)
+            changes = ckpt_lib.config_changes(config.ckpt["from"], config.flat())
+            if changes:
+                print(f"lwm: {changes}.", flush=True)
     if rank == 0:
         config.save(logdir / "config.yaml")  # after the checks: a mismatched config never overwrites the saved one
 
