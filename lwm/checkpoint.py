@@ -432,21 +432,20 @@ def load_into(path: str | os.PathLike, ts: Any, only: str = "agent") -> tuple[An
     return from_nested(merged, {"agent": ts})["agent"], directory / str(step)
 
 
-def config_changes(path: str | os.PathLike, flat: dict[str, Any], shown: int = 12) -> str | None:
-    """What the new run's config (`flat`: dotted key -> value) changes from the config.yaml of the run whose
+def config_changes(path: str | os.PathLike, current: Mapping[str, Any], shown: int = 12) -> str | None:
+    """What the new run's config (`current`, nested or dotted keys) changes from the config.yaml of the run whose
     checkpoint is at `path`, as one line for the log (`--from_checkpoint` takes that run's state, not its
     config, so a flag left out falls back to the presets), or None when nothing differs or it has no config.yaml.
-    The `ckpt.*` keys are left out (where to start from is meant to differ)."""
+    The `ckpt.*` keys are left out (where to start from is meant to differ); `config_differences` compares."""
     directory, _ = resolve(path)
     source = directory.parent / "config.yaml"
     if not source.is_file():
         return None
-    old = lwm_config.Config(yaml.safe_load(source.read_text()) or {}).flat()
-    keys = sorted(k for k in set(old) | set(flat) if not k.startswith("ckpt.") and old.get(k, "absent")
-                  != flat.get(k, "absent"))
+    diff = config_differences(yaml.safe_load(source.read_text()) or {}, current, allowed=("ckpt.",))
+    keys = [k for k, _, _ in diff]
     if not keys:
         return None
-    parts = [f"{k} {old.get(k, 'absent')!r} -> {flat.get(k, 'absent')!r}" for k in keys[:shown]]
+    parts = [f"{k} {a!r} -> {b!r}" for k, a, b in diff[:shown]]
     more = f" and {len(keys) - shown} more" if len(keys) > shown else ""
     return f"this run's config differs from {source} in {len(keys)} key(s): {'; '.join(parts)}{more}"
 
@@ -466,8 +465,6 @@ def export_agent(source: str | os.PathLike, out: str | os.PathLike, keep_optimiz
     `out` must not exist or be empty (nothing is overwritten); it is written under a temporary name and renamed
     when complete. Returns {"path", "step", "updates", "bytes", "optimizer"}.
     """
-    from lwm import config as lwm_config
-
     out = Path(out).expanduser().resolve()
     if out.exists() and (not out.is_dir() or any(out.iterdir())):
         raise CheckpointError(f"--out {out} exists and is not an empty directory; exporting never overwrites: "
