@@ -327,12 +327,28 @@ def config_differences(saved: Mapping[str, Any], current: Mapping[str, Any],
 
     Keys present on one side only (added or removed by a code change) are not reported.
     """
-    a = _flatten_config(_plain(saved))
-    b = _flatten_config(_plain(current))
+    a = _flatten_config(_nested(_plain(saved)))
+    b = _flatten_config(_nested(_plain(current)))
     out = []
     for key in sorted(set(a) & set(b)):
         if a[key] != b[key] and not any(key == p or (p.endswith(".") and key.startswith(p)) for p in allowed):
             out.append((key, a[key], b[key]))
+    return out
+
+
+def _nested(data: Mapping[str, Any]) -> dict[str, Any]:
+    """`data` with dotted keys ({'env.options.delay': 3}, as `Config.flat` gives) made nested, so a flat and a
+    nested config compare key by key (`env.options` is one value either way)."""
+    out: dict[str, Any] = {}
+    for key, value in data.items():
+        *parents, leaf = str(key).split(".")
+        node = out
+        for part in parents:
+            node = node.setdefault(part, {})
+        if isinstance(value, Mapping) and isinstance(node.get(leaf), dict):
+            node[leaf].update(_nested(value))
+        else:
+            node[leaf] = _nested(value) if isinstance(value, Mapping) else value
     return out
 
 

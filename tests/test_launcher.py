@@ -173,6 +173,7 @@ def test_resume_with_a_different_config_names_the_keys(faults):
 def test_from_checkpoint_starts_a_new_run(faults, tmp_path, capsys):
     summary = train.main([*ARGS, "--run.steps", "72", "--from_checkpoint", str(faults["logdir"]),
                           "--from_checkpoint.only", "wm", "--agent.actor.entropy", "0.0125",
+                          "--env.options.delay", "3",
                           "--logdir", str(tmp_path / "new")])
     out = capsys.readouterr().out
     assert re.search(r"started from .*/ckpt/\d+ \(ckpt.from_only=wm\)", out)
@@ -180,6 +181,8 @@ def test_from_checkpoint_starts_a_new_run(faults, tmp_path, capsys):
     line = next(ln for ln in out.splitlines() if "config differs from" in ln)
     assert str(faults["logdir"].resolve() / "config.yaml") in line and "agent.actor.entropy" in line, line
     assert re.search(r"agent\.actor\.entropy [0-9.e-]+ -> 0\.0125", line) and "ckpt." not in line, line
+    # A world option is named too (the flat view of the new config and the nested config.yaml compare key by key).
+    assert "env.options {'num_choices': 4, 'delay': 2} -> {'num_choices': 4, 'delay': 3}" in line, line
     assert summary["env_steps"] == 72 and "resumed_from" not in summary
 
 
