@@ -327,28 +327,12 @@ def config_differences(saved: Mapping[str, Any], current: Mapping[str, Any],
 
     Keys present on one side only (added or removed by a code change) are not reported.
     """
-    a = _flatten_config(_nested(_plain(saved)))
-    b = _flatten_config(_nested(_plain(current)))
+    a = _flatten_config(_plain(saved))
+    b = _flatten_config(_plain(current))
     out = []
     for key in sorted(set(a) & set(b)):
         if a[key] != b[key] and not any(key == p or (p.endswith(".") and key.startswith(p)) for p in allowed):
             out.append((key, a[key], b[key]))
-    return out
-
-
-def _nested(data: Mapping[str, Any]) -> dict[str, Any]:
-    """`data` with dotted keys ({'env.options.delay': 3}, as `Config.flat` gives) made nested, so a flat and a
-    nested config compare key by key (`env.options` is one value either way)."""
-    out: dict[str, Any] = {}
-    for key, value in data.items():
-        *parents, leaf = str(key).split(".")
-        node = out
-        for part in parents:
-            node = node.setdefault(part, {})
-        if isinstance(value, Mapping) and isinstance(node.get(leaf), dict):
-            node[leaf].update(_nested(value))
-        else:
-            node[leaf] = _nested(value) if isinstance(value, Mapping) else value
     return out
 
 
@@ -449,7 +433,7 @@ def load_into(path: str | os.PathLike, ts: Any, only: str = "agent") -> tuple[An
 
 
 def config_changes(path: str | os.PathLike, current: Mapping[str, Any], shown: int = 12) -> str | None:
-    """What the new run's config (`current`, nested or dotted keys) changes from the config.yaml of the run whose
+    """What the new run's config (`current`, a nested Config) changes from the config.yaml of the run whose
     checkpoint is at `path`, as one line for the log (`--from_checkpoint` takes that run's state, not its
     config, so a flag left out falls back to the presets), or None when nothing differs or it has no config.yaml.
     The `ckpt.*` keys are left out (where to start from is meant to differ); `config_differences` compares."""

@@ -224,7 +224,7 @@ def train_loop(config, logdir: str | Path, make_env: Callable[[int], dm_env.Envi
         if config.ckpt["from"]:
             ts, used = ckpt_lib.load_into(config.ckpt["from"], ts, config.ckpt.from_only)
             print(f"lwm: started from {used} (ckpt.from_only={config.ckpt.from_only}).", flush=True)
-            changes = ckpt_lib.config_changes(config.ckpt["from"], config.flat())
+            changes = ckpt_lib.config_changes(config.ckpt["from"], config)
             if changes:
                 print(f"lwm: {changes}.", flush=True)
     if rank == 0:
