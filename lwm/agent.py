@@ -230,7 +230,7 @@ class Agent:
 
     # --------------------------------------------------------------------------------------------- policy
     def _policy(self, params, carry, obs, is_first, key, greedy: bool = False, explore: bool = False,
-                plan: int = 0):
+                plan: int = 0, force: dict | None = None):
         """One environment step for N worlds: observe, then act. Returns (carry, actions, latent to store).
         With `explore` (the training collector, when `agent.actor.explore` > 0) each stream takes, with that
         probability, a uniformly drawn action per head (legal ones only on the masked head) instead of the actor's:
@@ -238,7 +238,9 @@ class Agent:
         With `plan` > 0 (acting only) the `agent.actor.lookahead_head` action is chosen by the model instead of the
         actor: the legal action of highest one-step value (reward + γ·cont·value, what the lookahead term trains
         the actor towards), averaged over `plan` prior draws, the other heads and the teammates' actions (team
-        model: the teammate-action head's draws) as the actor and the head give them."""
+        model: the teammate-action head's draws) as the actor and the head give them.
+        With `force` ({"mask": bool [N], head: [N] action values}, a scripted guide's worlds: `lwm.team`) the rows
+        in the mask take the given actions instead (the carry, and so the next posterior, sees what was taken)."""
         self.traces["policy"] += 1
         nets = nnx.merge(self.graph, params)
         k1, k2 = jax.random.split(key)
@@ -261,6 +263,11 @@ class Agent:
             wild = ac.sample_actions(self.heads, flat, k4)
             take = jax.random.bernoulli(k5, self.config.agent.actor.explore, feat.shape[:-1])
             idx = {h: jnp.where(take, wild[h], idx[h]) for h in idx}
+        if force is not None:
+            if plan:
+                raise ValueError("Agent.policy: plan and force do not go together (a guided row has no choice).")
+            idx = {h.name: jnp.where(force["mask"], (force[h.name] - h.low).astype(idx[h.name].dtype), idx[h.name])
+                   for h in self.heads}
         joint = self.joint_action(nets, feat, ac.onehot_actions(self.heads, idx), k3, greedy)
         if plan:
             idx = self._plan(nets, state, idx, joint, obs, jax.random.fold_in(k2, 3), plan)

@@ -72,10 +72,10 @@ def _policy_fn(agent: Agent, num: int, seed: int, greedy: bool, get_params: Call
     explore = bool(explore and agent.config.agent.actor.explore > 0)  # off: the same compiled policy as before
     state = {"carry": agent.init_policy(num), "key": jax.random.key(seed)}
 
-    def act(obs, is_first):
+    def act(obs, is_first, force=None):
         state["key"], sub = jax.random.split(state["key"])
         carry, actions, latent = agent.policy(get_params(), state["carry"], obs, is_first, sub, greedy=greedy,
-                                               explore=explore)
+                                               explore=explore, **({} if force is None else {"force": force}))
         state["carry"] = carry
         return jax.device_get(actions), {"latent": jax.device_get(latent)}
 
@@ -118,6 +118,14 @@ def check_run_config(config) -> None:
     if not isinstance(workers, int) or isinstance(workers, bool) or not 0 <= workers <= config.env.num_envs:
         raise ValueError(f"env.workers={workers!r} must be an int from 0 (environments in this process) to "
                          f"env.num_envs={config.env.num_envs} (one worker process per environment).")
+    guide_worlds = config.env.guide_worlds
+    if (isinstance(guide_worlds, bool) or not isinstance(guide_worlds, int)
+            or not 0 <= guide_worlds <= config.env.num_envs):
+        raise ValueError(f"env.guide_worlds={guide_worlds!r} must be an int from 0 (no guide) to "
+                         f"env.num_envs={config.env.num_envs}.")
+    if (config.env.guide == "none") != (guide_worlds == 0):
+        raise ValueError(f"env.guide={config.env.guide!r} with env.guide_worlds={guide_worlds}: a scripted guide "
+                         "plays guide_worlds >= 1 worlds; without one use env.guide none, env.guide_worlds 0.")
     if config.run.nonfinite not in NONFINITE:
         raise ValueError(f"run.nonfinite={config.run.nonfinite!r} is not known; use one of {', '.join(NONFINITE)}.")
     for key in ("run.log_every", "run.summary_every", "run.report_every", "run.minutes", "ckpt.every_s",
@@ -174,6 +182,11 @@ def train_loop(config, logdir: str | Path, make_env: Callable[[int], dm_env.Envi
             envs += [make_env(rank * num_envs + i) for i in range(1, num_envs)]
         obs_spec, act_spec = envs[0].observation_spec(), envs[0].action_spec()
         num_streams = num_envs
+    if config.env.guide != "none" or config.env.guide_worlds:  # the collector's env only, never an evaluation's
+        if not team or not hasattr(envs[0], "set_guide"):
+            raise ValueError(f"env.guide={config.env.guide!r}: world {config.env.name!r} has no scripted guide "
+                             "(team worlds with set_guide, e.g. defusal, have); use env.guide none.")
+        envs[0].set_guide(config.env.guide, config.env.guide_worlds)
     mesh = parallel.mesh_from_config(config)
     agent = Agent(obs_spec, act_spec, config, mesh=mesh)
     ts = agent.init(config.seed)
@@ -367,10 +380,12 @@ def train_loop(config, logdir: str | Path, make_env: Callable[[int], dm_env.Envi
                     parallel.barrier("lwm_loop_started")
                     lined_up = True
                 episodes = driver.pop_episodes()
-                finished = [e["return"] for e in episodes]
-                returns += finished
-                episode_extras += [{k: v for k, v in e.items() if k != "return"} for e in episodes]
-                counters["episodes"] += len(finished)
+                own = [e for e in episodes if not e.get("guided")]  # a scripted guide's worlds are not the agent's
+                returns += [e["return"] for e in own]
+                episode_extras += [{k: v for k, v in e.items() if k not in ("return", "guided")} for e in own]
+                episode_extras += [{f"guide_{k}": e[k] for k in ("return", "score", "rounds") if k in e}
+                                   for e in episodes if e.get("guided")]
+                counters["episodes"] += len(episodes)
                 if driver.steps >= config.run.train_fill and replay.ready():
                     counters["credit"] += num_streams * per_step
                     while counters["credit"] >= 1.0 and not stopping():

@@ -14,6 +14,12 @@ flags, and an `agent_id` observation (int in 0..A-1, a one-hot to the world mode
 which agent a row is. Teammates' messages reach a row only through its environment observation (in the defusal
 world a `talk` action becomes the teammates' next `tokens`).
 
+A team environment may also have a scripted *guide* (`guide_actions()`, e.g. `BatchedDefusal.set_guide`): it
+returns None, or `{"guided": bool [W], head: [W, A, ...]}`, the guide's actions in the current state; the driver
+then calls `policy(obs, is_first, force=...)` so that the agent takes them in the guided worlds (its recurrent
+state sees the action taken), and replay stores them like any other step. Episodes of guided worlds carry
+`guided: 1.0`, so that the trainer can keep them out of the agent's own figures.
+
 Counting: `steps` counts agent-steps (N per round, as replay stores them; `run.steps` and `train_ratio` use it),
 `rounds` counts world-steps (W per round).
 """
@@ -98,6 +104,21 @@ def mates_of(actions: Mapping[str, np.ndarray], num_worlds: int, num_agents: int
     return out
 
 
+def split_actions(actions: Mapping[str, np.ndarray], heads: Sequence[str]) -> dict[str, np.ndarray]:
+    """Inverse of `join_actions` for one stream per agent: `{key: [W, A, ...]}` -> `{head: [W·A]}` for the
+    agent's heads, a head `<key>_i` taking column i of `key`'s last axis."""
+    out = {}
+    for head in heads:
+        if head in actions:
+            out[head] = to_streams(actions[head])
+            continue
+        key, _, i = head.rpartition("_")
+        if key not in actions or not i.isdigit():
+            raise ValueError(f"guide actions {sorted(actions)} give no value for the agent's head {head!r}.")
+        out[head] = to_streams(np.asarray(actions[key])[..., int(i)])
+    return out
+
+
 def from_streams(x: np.ndarray, num_worlds: int, num_agents: int) -> np.ndarray:
     """[W·A, ...] -> [W, A, ...]; raises if the leading axis is not W·A."""
     x = np.asarray(x)
@@ -174,6 +195,22 @@ class TeamDriver:
 
     def step(self, policy: Callable, on_step: Callable[[dict], None] | None = None) -> None:
         """One round: every agent of every world acts, then all worlds advance."""
+        observed = self.observe()
+        guide = getattr(self.env, "guide_actions", None)
+        forced = guide() if guide is not None else None
+        guided = None
+        if forced is not None:
+            guided = np.asarray(forced["guided"], bool)
+            heads = list(self.act_spec) if isinstance(self.act_spec, Mapping) else []
+            force = {"mask": np.repeat(guided, self.A),
+                     **split_actions({k: v for k, v in forced.items() if k != "guided"}, heads)}
+            unguided = policy
+
+            def policy(obs, is_first):  # the agent takes them (its carry sees them); the driver makes sure
+                actions, extra = unguided(obs, is_first, force=force)
+                return {k: np.where(force["mask"], force[k], v) if k in force else v
+                        for k, v in actions.items()}, extra
+
         if self.mates:
             inner = policy
 
@@ -181,7 +218,7 @@ class TeamDriver:
                 actions, extra = inner(obs, is_first)
                 return actions, {**extra, "mates": mates_of(actions, self.W, self.A)}
 
-        current, actions = act(self.observe(), policy, on_step)
+        current, actions = act(observed, policy, on_step)
         out = self.current
         first, last = np.asarray(out["is_first"]), np.asarray(out["is_last"])
         reward = np.asarray(out["reward"], np.float64)
@@ -190,7 +227,8 @@ class TeamDriver:
         metrics = out.get("metrics", {})
         for w in np.flatnonzero(last):
             self.episodes.append({"return": float(self.returns[w]), "length": int(self.lengths[w]),
-                                  **{k: float(np.asarray(v)[w]) for k, v in metrics.items()}})
+                                  **{k: float(np.asarray(v)[w]) for k, v in metrics.items()},
+                                  **({"guided": float(guided[w])} if guided is not None else {})})
         joined = join_actions({k: from_streams(v, self.W, self.A) for k, v in actions.items()}, self.env_act_spec)
         self._set(self.env.step(joined))
         self.steps += self.num_streams

@@ -534,6 +534,77 @@ def test_bad_team_input():
     assert masked[0, 1] < -1e8 and np.all(masked[1] == 0)  # a row with nothing legal stays unmasked
 
 
+def test_guide_worlds_play_the_scripted_team(tmp_path):
+    """`env.guide`: in the first guide_worlds worlds the agent takes the scripted team's actions (its carry sees
+    them, replay stores them); the other worlds are the agent's; guided episodes are flagged and the trainer logs
+    them apart from the agent's own figures."""
+    import json
+
+    from launch import train
+
+    config = lwm_config.load(["debug"], {"agent.actor.mask": "action_mask:move"})
+    env = envs.make_batched("defusal_small", 4, seed=6, **SMALL)
+    env.set_guide("scouts", 2)
+    obs_spec, act_spec = team_specs(env)
+    agent = Agent(obs_spec, act_spec, config)
+    params = agent.init(0)["params"]
+    driver = TeamDriver(env, [k.name for k in agent.keys])
+    act = _policy_fn(agent, driver.num_streams, 0, False, lambda: params)
+    scouts = jax.jit(jax.vmap(lambda s: scripted.pack_scouts(jax.random.key(0), s, env.params)))
+    steps: list[dict] = []
+    driver.observe()
+    guided_rows, differs = np.repeat(np.arange(4) < 2, 3), []
+    for _ in range(30):
+        want = np.asarray(scouts(env.state)[0]).reshape(-1)  # [W·A] before the round
+        driver.step(act, on_step=steps.append)
+        took = np.asarray(steps[-1]["action"]["move"])
+        np.testing.assert_array_equal(took[guided_rows], want[guided_rows])
+        own = np.asarray(act.state["carry"]["action"])[:, :9].argmax(-1) + act_spec["move"].minimum
+        np.testing.assert_array_equal(own, took)  # the carry holds the move taken, guided or not
+        differs.append(np.any(took[~guided_rows] != want[~guided_rows]))
+    assert any(differs), "the unguided worlds should be the agent's, not the scouts'"
+    assert agent.traces["policy"] == 1
+    episodes = driver.pop_episodes()
+    guided = [e for e in episodes if e["guided"]]
+    assert guided and {e["guided"] for e in episodes} == {0.0, 1.0}
+    assert all(e["score"] == 10 for e in guided)  # the scouts always defuse the one-phase bomb
+    # The trainer: guided worlds' episodes become episode/guide_*, the agent's own stay episode/*.
+    train.main(["--configs", "defusal_small", "--env.guide", "scouts", "--env.guide_worlds", "4", "--run.steps",
+                "720", "--run.train_fill", "100000", "--run.eval_episodes", "0", "--run.log_every", "0",
+                "--ckpt.enabled", "false", "--logdir", str(tmp_path / "guided")])
+    rows = [json.loads(line) for line in (tmp_path / "guided" / "metrics.jsonl").read_text().splitlines()]
+    guide_scores = [r["episode/guide_score"] for r in rows if "episode/guide_score" in r]
+    assert guide_scores and all(v == 10 for v in guide_scores)
+    assert any("episode/score" in r for r in rows) and not any("episode/guided" in r for r in rows)
+
+
+def test_bad_guide_input(tmp_path):
+    env = envs.make_batched("defusal_small", 2, **SMALL)
+    with pytest.raises(ValueError, match="guide 'scout' is not allowed; allowed: none or one of"):
+        env.set_guide("scout", 1)
+    with pytest.raises(ValueError, match="guide_worlds 3 is not allowed; allowed: an int from 0 to num_worlds=2"):
+        env.set_guide("scouts", 3)
+    with pytest.raises(ValueError, match="a guide needs guide_worlds >= 1"):
+        env.set_guide("scouts", 0)
+    with pytest.raises(ValueError, match="a guide needs guide_worlds >= 1"):
+        env.set_guide("none", 1)
+    with pytest.raises(ValueError, match="the pack teams need start='same'"):
+        envs.make_batched("defusal_small", 2, start="separate", **SMALL).set_guide("tour", 1)
+    env.set_guide("none", 0)
+    assert env.guide_actions() is None
+    from launch import train
+    from lwm.loop import check_run_config
+
+    for over, match in (({"env.guide_worlds": 9}, "env.guide_worlds=9 must be an int from 0"),
+                        ({"env.guide": "scouts"}, "env.guide='scouts' with env.guide_worlds=0"),
+                        ({"env.guide_worlds": 2}, "env.guide='none' with env.guide_worlds=2")):
+        with pytest.raises(ValueError, match=match):
+            check_run_config(lwm_config.load(["defusal_small"], over))
+    with pytest.raises(ValueError, match="env.guide='scouts': world 'tokenchoice' has no scripted guide"):
+        train.main(["--configs", "debug", "--env.guide", "scouts", "--env.guide_worlds", "1",
+                    "--ckpt.enabled", "false", "--logdir", str(tmp_path / "no_guide")])
+
+
 def test_presets_load():
     for names in (["defusal_small"], ["defusal"], ["defusal", "defusal_gpu"]):
         config = lwm_config.load(names)

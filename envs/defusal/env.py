@@ -14,6 +14,7 @@ training (``lwm.team``): per-agent specs, numpy outputs with leading [W, A] axes
 
 from __future__ import annotations
 
+import functools
 from typing import Any
 
 import dm_env
@@ -22,7 +23,7 @@ import jax.numpy as jnp
 import numpy as np
 from dm_env import specs
 
-from envs.defusal import core
+from envs.defusal import core, scripted
 
 NAME = "defusal"
 DEFAULTS: dict[str, Any] = {
@@ -212,6 +213,20 @@ def _batched_reset(key: jax.Array, num_worlds: int, params: core.Params) -> tupl
 
 _batched_step_jit = jax.jit(_batched_step, static_argnames="params")
 _batched_reset_jit = jax.jit(_batched_reset, static_argnames=("num_worlds", "params"))
+
+# Scripted teams that can guide some of the training worlds (`BatchedDefusal.set_guide`); the pack teams need
+# `scripted.check_pack_world`.
+GUIDES: dict[str, scripted.Policy] = {**scripted.TEAMS, "pack": scripted.pack, "tour": scripted.pack_tour,
+                                      "scouts": scripted.pack_scouts}
+_PACK_GUIDES = ("pack", "tour", "scouts")
+
+
+@functools.partial(jax.jit, static_argnames=("team", "params"))
+def _guide_actions(key: jax.Array, state: core.State, team: str, params: core.Params) -> tuple[jax.Array, jax.Array]:
+    keys = jax.random.split(key, state.round.shape[0])
+    return jax.vmap(lambda k, s: GUIDES[team](k, s, params))(keys, state)
+
+
 METRICS = core.METRICS
 
 
@@ -233,6 +248,10 @@ class BatchedDefusal:
       driver resets a finished environment. Termination (no bomb left) and truncation (``max_rounds``) follow
       :class:`DefusalEnv`.
     * ``mask_tokens=True`` replaces every token with padding (the registry's no-language ablation).
+    * ``set_guide(team, worlds)`` hands the first ``worlds`` worlds to a scripted team (``GUIDES``) for training:
+      ``guide_actions()`` then gives, before each ``step``, that team's actions in the current state
+      (``{"guided": bool [W], "move": [W, A], "talk": [W, A(, message_len)]}``, None without a guide), which the
+      driver takes in those worlds instead of the agent's (``lwm.team.TeamDriver``), so replay holds them.
     """
 
     def __init__(self, num_worlds: int = 1, seed: int = 0, mask_tokens: bool = False, **switches: Any) -> None:
@@ -253,6 +272,32 @@ class BatchedDefusal:
         self._key = jax.random.key(int(seed))
         self._counter = 0
         self._state: core.State | None = None
+        self.guide, self.guided = "none", np.zeros(self.num_worlds, bool)
+
+    def set_guide(self, team: str, worlds: int) -> None:
+        """Worlds 0..``worlds``-1 are played by scripted ``team`` (a name in ``GUIDES``; "none" with 0 worlds: no
+        guide). Raises ValueError for an unknown team, a world count outside 0..num_worlds, or a pack team in a
+        world it cannot play."""
+        if team != "none" and team not in GUIDES:
+            raise _fail("guide", team, f"none or one of {', '.join(GUIDES)}")
+        if isinstance(worlds, bool) or not isinstance(worlds, int | np.integer) or not 0 <= worlds <= self.num_worlds:
+            raise _fail("guide_worlds", worlds, f"an int from 0 to num_worlds={self.num_worlds}")
+        if (team == "none") != (worlds == 0):
+            raise ValueError(f"{NAME}: guide {team!r} with guide_worlds={worlds}: a guide needs guide_worlds >= 1 "
+                             "and guide_worlds > 0 needs a guide (none of them: guide none, guide_worlds 0)")
+        if team in _PACK_GUIDES:
+            scripted.check_pack_world(self.params)
+        self.guide = team
+        self.guided = np.arange(self.num_worlds) < int(worlds)
+
+    def guide_actions(self) -> dict[str, np.ndarray] | None:
+        """The guide team's actions in the current state of every world, with ``guided`` [W] marking the worlds
+        that take them; None without a guide (see :meth:`set_guide`)."""
+        if self.guide == "none":
+            return None
+        move, talk = _guide_actions(self._next_key(), self.state, team=self.guide, params=self.params)
+        talk = np.asarray(talk).reshape((self.num_worlds, self.num_agents) + self._action_spec["talk"].shape)
+        return {"guided": self.guided.copy(), "move": np.asarray(move), "talk": talk}
 
     def observation_spec(self) -> dict[str, specs.Array]:
         """Per-agent observation spec (no world or agent axis)."""
