@@ -206,10 +206,8 @@ class TeamDriver:
                      **split_actions({k: v for k, v in forced.items() if k != "guided"}, heads)}
             unguided = policy
 
-            def policy(obs, is_first):  # the agent takes them (its carry sees them); the driver makes sure
-                actions, extra = unguided(obs, is_first, force=force)
-                return {k: np.where(force["mask"], force[k], v) if k in force else v
-                        for k, v in actions.items()}, extra
+            def policy(obs, is_first):  # the agent takes them in the policy step, so its carry sees them
+                return unguided(obs, is_first, force=force)
 
         if self.mates:
             inner = policy
