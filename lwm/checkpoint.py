@@ -454,7 +454,7 @@ def config_changes(path: str | os.PathLike, current: Mapping[str, Any], shown: i
 
 
 def export_agent(source: str | os.PathLike, out: str | os.PathLike, keep_optimizer: bool = False,
-                 flag: str = "--logdir") -> dict:
+                 flag: str = "--logdir", average: Sequence[str | os.PathLike] = ()) -> dict:
     """Writes the trained agent of the checkpoint at `source` as a small logdir `out` that ships without its run:
     `config.yaml` and one checkpoint (same step) holding the train state but no replay and no logs.
 
@@ -463,7 +463,12 @@ def export_agent(source: str | os.PathLike, out: str | os.PathLike, keep_optimiz
     agent's params, slow critic, return scale and update count and a fresh optimizer (its warm-up again).
     Evaluation, the visualizer and `--from_checkpoint` read it like any logdir; resuming it is refused.
     `out` must not exist or be empty (nothing is overwritten); it is written under a temporary name and renamed
-    when complete. Returns {"path", "step", "updates", "bytes", "optimizer"}.
+    when complete. Returns {"path", "step", "updates", "bytes", "optimizer", "averaged"}.
+
+    `average`: further checkpoints (same networks) whose weights are averaged with `source`'s, each distinct
+    checkpoint counting once (`source` among them, or one named twice, is not counted again): params, slow critic
+    and return scale are the uniform mean; step, update count, key, config and meta are `source`'s; the optimizer
+    is reset (an average has no moments of its own).
     """
     out = Path(out).expanduser().resolve()
     if out.exists() and (not out.is_dir() or any(out.iterdir())):
@@ -471,10 +476,29 @@ def export_agent(source: str | os.PathLike, out: str | os.PathLike, keep_optimiz
                               "give a new directory.")
     if not out.parent.is_dir():
         raise CheckpointError(f"--out {out}: the directory {out.parent} does not exist.")
+    if average and keep_optimizer:
+        raise CheckpointError("--optimizer keep cannot go with --average: averaged weights have no optimizer "
+                              "moments of their own; leave --optimizer at reset.")
     directory, step, saved, meta = read_checkpoint(source, flag)
     if "agent" not in saved:
         raise CheckpointError(f"{directory / str(step)} holds no agent state (keys: {sorted(saved)}).")
     agent = dict(saved["agent"])
+    averaged = [str(directory / str(step))]
+    if average:
+        others = []
+        for path in average:
+            d, s, other, _ = read_checkpoint(path, "--average")
+            where = str(d / str(s))
+            if where in averaged:
+                continue
+            if "agent" not in other:
+                raise CheckpointError(f"--average {path}: {where} holds no agent state (keys: {sorted(other)}).")
+            for part in AVERAGED:
+                _same_shapes(agent[part], other["agent"][part], f"--average {path} ({where}), {part}")
+            others.append(other["agent"])
+            averaged.append(where)
+        for part in AVERAGED:
+            agent[part] = jax.tree.map(_mean, agent[part], *(o[part] for o in others))
     if not keep_optimizer:
         agent["opt"] = jax.tree.map(lambda x: np.zeros(np.shape(x), np.asarray(x).dtype), agent["opt"])
     config = lwm_config.load().update(meta.get("config", {}), where=f"checkpoint {directory / str(step)}")
@@ -483,6 +507,8 @@ def export_agent(source: str | os.PathLike, out: str | os.PathLike, keep_optimiz
     new_meta.update({"credit": 0.0, "replay_size": 0,
                      "exported": {"from": str(directory / str(step)), "optimizer": "kept" if keep_optimizer else
                                   "reset", "time": time.strftime("%Y-%m-%d %H:%M:%S %Z")}})
+    if average:
+        new_meta["exported"]["averaged"] = averaged
     tmp = out.parent / f".{out.name}.export-tmp-{os.getpid()}"
     shutil.rmtree(tmp, ignore_errors=True)
     try:
@@ -501,4 +527,32 @@ def export_agent(source: str | os.PathLike, out: str | os.PathLike, keep_optimiz
         raise
     size = sum(f.stat().st_size for f in out.rglob("*") if f.is_file())
     return {"path": out, "step": step, "updates": meta.get("updates"), "bytes": size,
-            "optimizer": new_meta["exported"]["optimizer"]}
+            "optimizer": new_meta["exported"]["optimizer"], "averaged": len(averaged)}
+
+
+# The agent's weights an averaged export takes the mean of (the rest is the first checkpoint's).
+AVERAGED = ("params", "slow", "retnorm")
+
+
+def _same_shapes(want: Any, got: Any, where: str) -> None:
+    """Raises a CheckpointError listing where the tree `got` differs from `want` in structure, shape or dtype."""
+    want_leaves = dict(jax.tree_util.tree_leaves_with_path(want))
+    got_leaves = dict(jax.tree_util.tree_leaves_with_path(got))
+    if want_leaves.keys() != got_leaves.keys():
+        only = sorted(jax.tree_util.keystr(k) for k in want_leaves.keys() ^ got_leaves.keys())
+        raise CheckpointError(f"{where}: the networks differ (weights in one checkpoint only: {only[:5]}); only "
+                              "checkpoints of the same configuration can be averaged.")
+    bad = [f"{jax.tree_util.keystr(k)} {np.shape(x)} {np.asarray(x).dtype} vs {np.shape(got_leaves[k])} "
+           f"{np.asarray(got_leaves[k]).dtype}" for k, x in want_leaves.items()
+           if np.shape(x) != np.shape(got_leaves[k]) or np.asarray(x).dtype != np.asarray(got_leaves[k]).dtype]
+    if bad:
+        raise CheckpointError(f"{where}: shapes differ ({'; '.join(bad[:5])}); only checkpoints of the same "
+                              "configuration can be averaged.")
+
+
+def _mean(*xs: Any) -> np.ndarray:
+    """The elementwise mean of same-shaped float arrays, accumulated in float64, in the first one's dtype."""
+    first = np.asarray(xs[0])
+    if not jnp.issubdtype(first.dtype, jnp.floating):
+        raise CheckpointError(f"cannot average weights of dtype {first.dtype} (only floating-point weights).")
+    return (sum(np.asarray(x, np.float64) for x in xs) / len(xs)).astype(first.dtype)

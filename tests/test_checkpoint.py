@@ -421,3 +421,43 @@ def test_export_ships_the_agent_without_replay_and_is_never_resumed(setup, tmp_p
         loader.restore_latest_good({"agent": agent.init(0)}, config=cfg, quarantine=team / "ckpt_corrupt")
     assert loader.steps() == [160] and not (team / "ckpt_corrupt").exists()
     loader.close()
+
+
+def test_export_averages_the_weights_of_several_checkpoints(setup, tmp_path):
+    cfg, agent, replay = setup
+    saver = ck.Checkpointer(tmp_path / "run" / "ckpt", keep=3, async_save=False)
+    ts, saved = agent.init(0), []
+    for step in (160, 320):
+        ts = _updates(agent, ts, replay, 2)  # the update donates its input: keep host copies
+        saver.save(step, {"agent": ts}, {"env_steps": step, "updates": step // 80, "config": cfg.to_dict()})
+        saved.append(jax.device_get(ts))
+    saver.close()
+    first, second = saved
+    assert not np.allclose(jax.tree.leaves(first["params"])[0], jax.tree.leaves(second["params"])[0])
+
+    # The exported step's own directory and a repeat among --average count once: the mean of two checkpoints.
+    info = ck.export_agent(tmp_path / "run", tmp_path / "avg", average=[
+        tmp_path / "run" / "ckpt" / "160", tmp_path / "run" / "ckpt" / "320", tmp_path / "run" / "ckpt" / "160"])
+    assert (info["step"], info["updates"], info["optimizer"], info["averaged"]) == (320, 4, "reset", 2)
+    got = jax.device_get(ck.load_into(tmp_path / "avg", agent.init(1), "agent")[0])
+    for part in ck.AVERAGED:
+        chex.assert_trees_all_close(got[part], jax.tree.map(lambda a, b: (a + b) / 2, first[part], second[part]),
+                                    rtol=1e-6, atol=1e-7)
+    chex.assert_trees_all_equal(got["step"], second["step"])
+    assert all(not np.any(x) for x in jax.tree.leaves(got["opt"]))
+    meta = ck.read_checkpoint(tmp_path / "avg")[3]
+    assert [p.rsplit("/", 1)[-1] for p in meta["exported"]["averaged"]] == ["320", "160"]
+
+    # Bad input: a kept optimizer, a checkpoint of other networks, a missing one; nothing is written.
+    with pytest.raises(ck.CheckpointError, match="--optimizer keep cannot go with --average"):
+        ck.export_agent(tmp_path / "run", tmp_path / "x", keep_optimizer=True, average=[tmp_path / "run"])
+    small = Agent(agent.obs_spec, agent.act_spec, _cfg(**{"agent.units": 16}))
+    saver = ck.Checkpointer(tmp_path / "other" / "ckpt", async_save=False)
+    saver.save(8, {"agent": small.init(0)}, {"env_steps": 8, "config": cfg.to_dict()})
+    saver.close()
+    with pytest.raises(ck.CheckpointError, match=r"--average .*other.*params: shapes differ .*only checkpoints of "
+                                                 r"the same configuration"):
+        ck.export_agent(tmp_path / "run", tmp_path / "x", average=[tmp_path / "other"])
+    with pytest.raises(ck.CheckpointError, match="--average .*nowhere: no such directory"):
+        ck.export_agent(tmp_path / "run", tmp_path / "x", average=[tmp_path / "nowhere"])
+    assert not (tmp_path / "x").exists()

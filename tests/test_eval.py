@@ -147,6 +147,9 @@ def test_an_exported_team_evaluates_like_its_run(defusal_run, defusal_eval, tmp_
         lwm_export.main(["--logdir", str(defusal_run), "--out", str(tmp_path / "x"), "--optimizer", "adam"])
     with pytest.raises(SystemExit, match="--out is required"):
         lwm_export.main(["--logdir", str(defusal_run)])
+    with pytest.raises(SystemExit, match="--optimizer keep cannot go with --average"):
+        lwm_export.main(["--logdir", str(defusal_run), "--out", str(tmp_path / "x"), "--optimizer", "keep",
+                         "--average", str(defusal_run), str(defusal_run / "ckpt")])
     with pytest.raises(SystemExit, match="--out .*team exists and is not an empty directory"):
         lwm_export.main(["--logdir", str(defusal_run), "--out", str(tmp_path / "team")])
 
